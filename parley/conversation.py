@@ -1,0 +1,90 @@
+"""The rolling conversation buffer: fit a dialogue into a token budget, and say what was dropped.
+
+One rule, used by the chat, the server and data preparation alike:
+- leading system messages always stay;
+- the oldest whole turns go first (a turn is a user message and the replies that follow it);
+- a turn is never cut in half, except when the newest turn alone is over budget: then its first
+  message is truncated from its start (the end of a long paste is usually the question) and the
+  result says so.
+
+Token counts are exact: every candidate is rendered with the chat template and tokenized, since
+templates add tokens around each message that a per-message count would miss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from parley.errors import ContextError
+from parley.templates import encode_chat
+
+
+@dataclass
+class Fitted:
+    messages: list[dict]  # what goes to the model
+    tokens: int  # their exact length, rendered
+    dropped: list[dict] = field(default_factory=list)  # whole messages left out, oldest first
+    truncated_tokens: int = 0  # tokens cut from the start of an over-long turn
+
+    @property
+    def notice(self) -> str | None:
+        """A one-line note for the user, or None when everything fit."""
+        parts = []
+        if self.dropped:
+            turns = sum(1 for m in self.dropped if m["role"] == "user") or 1
+            parts.append(f"dropped the {turns} oldest turn{'s' * (turns > 1)} ({len(self.dropped)} messages)")
+        if self.truncated_tokens:
+            parts.append(f"cut {self.truncated_tokens} tokens from the start of the last message")
+        return ("context full: " + "; ".join(parts)) if parts else None
+
+
+def fit_messages(
+    messages: list[dict], tokenizer, template: str, budget: int, *, add_generation_prompt: bool = True
+) -> Fitted:
+    """Keep as much recent dialogue as fits in `budget` tokens, by the rule in the module docstring."""
+    def count(candidate: list[dict]) -> int:
+        return len(encode_chat(tokenizer, template, candidate, add_generation_prompt))
+
+    system, turns = _split(messages)
+    dropped: list[dict] = []
+    while True:
+        kept = system + [m for turn in turns for m in turn]
+        tokens = count(kept)
+        if tokens <= budget:
+            return Fitted(kept, tokens, dropped)
+        if len(turns) <= 1:
+            break
+        dropped += turns.pop(0)
+
+    alone = count(system + [{"role": "user", "content": ""}])
+    if alone > budget:
+        raise ContextError(
+            f"the system prompt alone takes {alone} tokens of a {budget}-token budget: shorten it "
+            "or lower max_new_tokens"
+        )
+    turn = [dict(m) for m in turns[0]]
+    ids = tokenizer(turn[0]["content"], add_special_tokens=False)["input_ids"]
+    cut = 0
+    while tokens > budget:  # re-render after each cut: token boundaries can shift at the seam
+        cut = min(len(ids), cut + tokens - budget)
+        turn[0]["content"] = tokenizer.decode(ids[cut:])
+        tokens = count(system + turn)
+        if cut == len(ids) and tokens > budget:
+            raise ContextError(
+                f"the last turn does not fit in {budget} tokens even with its first message emptied: "
+                "shorten it or lower max_new_tokens"
+            )
+    return Fitted(system + turn, tokens, dropped, truncated_tokens=cut)
+
+
+def _split(messages: list[dict]) -> tuple[list[dict], list[list[dict]]]:
+    """Leading system messages, then turns: each starts at a user message."""
+    start = 0
+    while start < len(messages) and messages[start]["role"] == "system":
+        start += 1
+    turns: list[list[dict]] = []
+    for message in messages[start:]:
+        if message["role"] == "user" or not turns:
+            turns.append([])
+        turns[-1].append(message)
+    return messages[:start], turns
