@@ -1,1 +1,80 @@
-def app(): pass
+"""The `parley` command: one verb, one call into the library.
+
+    parley chat [-p "question"] [--model smollm2] [--resume ID]
+    parley history [ID]
+
+Library errors (ParleyError) become one line on stderr and exit status 2; anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from parley.errors import ParleyError
+
+app = typer.Typer(
+    help="Make your own conversational and coding assistant: chat, data, train, eval, serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+ModelOption = typer.Option("smollm2", "--model", "-m", help="smollm2 (built in), a model directory, or a hub id.")
+DeviceOption = typer.Option("auto", help="auto, cpu or cuda.")
+DtypeOption = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16.")
+
+
+@app.command()
+def chat(
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer this once and exit (plain text)."),
+    model: str = ModelOption,
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt for a new conversation."),
+    resume: Optional[str] = typer.Option(None, "--resume", "-r", help="Continue a stored conversation (id or prefix)."),
+    temperature: Optional[float] = typer.Option(None, help="0 = greedy; default 0.7."),
+    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold."),
+    top_k: Optional[int] = typer.Option(None, help="Sample from the k most likely tokens (0 = off)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Reply length limit in tokens."),
+    seed: Optional[int] = typer.Option(None, help="Make sampling reproducible."),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+) -> None:
+    """Talk to the assistant. Interactive in a terminal; one answer in plain text with -p or a pipe."""
+    from parley.terminal import ChatOptions, run_chat
+
+    flags = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
+    options = ChatOptions(
+        model=model, device=device, dtype=dtype, system=system, resume=resume,
+        params={k: v for k, v in flags.items() if v is not None},
+    )
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+    run_chat(options, once=prompt)
+
+
+@app.command()
+def history(
+    conversation: Optional[str] = typer.Argument(None, help="Show this conversation (id or prefix)."),
+    limit: int = typer.Option(30, help="How many conversations to list."),
+) -> None:
+    """List stored conversations, newest first, or show one."""
+    from parley.terminal import show_conversation, show_history
+
+    if conversation:
+        show_conversation(conversation)
+    else:
+        show_history(limit)
+
+
+def main() -> None:
+    try:
+        app()
+    except ParleyError as e:
+        print(f"parley: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
