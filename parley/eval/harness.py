@@ -30,6 +30,7 @@ def main() -> None:
     # replace module attributes or built-ins.
     write, exit_now, report_fd = os.write, os._exit, int(sys.argv[2])
     out, err, format_exc = sys.stdout, sys.stderr, traceback.format_exc
+    run, compile_, copy = exec, compile, dict  # a sample may set builtins.exec to a no-op
     job_fd = int(sys.argv[1])
     with os.fdopen(job_fd, "rb") as job_file:
         job = json.loads(job_file.read())
@@ -48,14 +49,14 @@ def main() -> None:
 
     try:
         try:
-            exec(compile(job["code"], "<sample>", "exec", dont_inherit=True, optimize=0), namespace)
+            run(compile_(job["code"], "<sample>", "exec", dont_inherit=True, optimize=0), namespace)
         except SystemExit as exc:
             # A plain run may end itself with sys.exit(0); under test that is an early exit.
             if check is not None or exc.code not in (None, 0):
                 raise
         if check is not None:
-            tests = dict(namespace, __builtins__=pristine)
-            exec(compile(check, "<tests>", "exec", dont_inherit=True, optimize=0), tests)
+            tests = copy(namespace, __builtins__=pristine)
+            run(compile_(check, "<tests>", "exec", dont_inherit=True, optimize=0), tests)
     except BaseException as exc:
         err.write(format_exc())
         flush()

