@@ -1,0 +1,348 @@
+"""The terminal chat: streaming Markdown replies with highlighted code, slash commands, stored turns.
+
+    parley chat                     interactive (Enter sends; Esc then Enter, or Alt+Enter, adds a line)
+    parley chat -p "question"       one answer as plain text, for scripts and pipes
+    parley chat --resume ID         continue a stored conversation (`parley history` lists them)
+
+Every turn is written to the SQLite store as it happens, so a crash loses at most the reply in
+progress. Ctrl-C stops the reply being written (the partial reply is kept) and never the session;
+Ctrl-D or /quit leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.table import Table
+
+from parley.conversation import fit_messages
+from parley.engine import Engine, SamplingParams
+from parley.errors import ConfigError, ParleyError
+from parley.store import Store
+
+CODE_THEME = "monokai"
+HELP = """\
+[bold]Commands[/bold]
+  /help               this help
+  /reset              start a new conversation (the old one stays in `parley history`)
+  /system TEXT        set the system prompt (empty TEXT clears it)
+  /params [k=v ...]   show or set sampling parameters, e.g. /params temperature=0.2 max_new_tokens=256
+  /save FILE          write this conversation to a JSON file
+  /load FILE          continue a conversation saved with /save (or a JSON list of messages)
+  /history            this conversation's turns, with their token counts and what no longer fits
+  /quit               leave (Ctrl-D works too)
+[bold]Keys[/bold]  Enter sends · Esc then Enter (or Alt+Enter) adds a line · Ctrl-C stops a reply"""
+
+
+@dataclass
+class ChatOptions:
+    model: str = "smollm2"
+    device: str = "auto"
+    dtype: str = "auto"
+    system: str | None = None
+    resume: str | None = None
+    params: dict = field(default_factory=dict)  # SamplingParams overrides from flags
+
+
+class ChatSession:
+    """One conversation: its messages, system prompt and sampling parameters, mirrored into the store."""
+
+    def __init__(self, engine: Engine, store: Store, options: ChatOptions):
+        self.engine, self.store, self.model = engine, store, options.model
+        self.params = SamplingParams().updated(**options.params)
+        self.system = options.system
+        self.messages: list[dict] = []
+        if options.resume:
+            self.id = store.resolve(options.resume)
+            stored = store.get(self.id)
+            self.messages = store.messages(self.id)
+            if options.system is None:
+                self.system = stored.system
+            self.params = SamplingParams().updated(**{**stored.params, **options.params})
+        else:
+            self.id = None  # created with the first message, so an empty session leaves no trace
+
+    def history(self) -> list[dict]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + self.messages
+
+    def add(self, role: str, content: str, **meta) -> None:
+        if self.id is None:
+            self.id = self.store.new_conversation(model=self.model, system=self.system, params=self._stored_params())
+        self.messages.append({"role": role, "content": content})
+        self.store.add_message(self.id, role, content, meta=meta or None)
+
+    def fit(self):
+        """The messages that go to the model, fitted to the context window with room for the reply."""
+        budget = self.engine.loaded.context_window - self.params.max_new_tokens
+        if budget <= 0:
+            raise ConfigError(
+                f"max_new_tokens={self.params.max_new_tokens} leaves no room for the conversation in the "
+                f"{self.engine.loaded.context_window}-token context window: lower it"
+            )
+        loaded = self.engine.loaded
+        return fit_messages(self.history(), loaded.tokenizer, loaded.template, budget)
+
+    def reset(self) -> None:
+        self.id, self.messages = None, []
+
+    def set_system(self, text: str | None) -> None:
+        self.system = text or None
+        if self.id:
+            self.store.update(self.id, system=self.system)
+
+    def set_params(self, **values: str) -> None:
+        self.params = self.params.updated(**values)
+        if self.id:
+            self.store.update(self.id, params=self._stored_params())
+
+    def load(self, messages: list[dict], system: str | None) -> None:
+        self.reset()
+        self.system = system
+        for m in messages:
+            self.add(m["role"], m["content"])
+
+    def _stored_params(self) -> dict:
+        return {k: v for k, v in vars(self.params).items() if v != getattr(SamplingParams(), k)}
+
+
+def run_chat(options: ChatOptions, once: str | None = None) -> None:
+    # Check what the user typed before spending seconds on loading the model.
+    if once is not None and not once.strip():
+        raise ConfigError("the prompt is empty: pass some text with -p or on standard input")
+    SamplingParams().updated(**options.params)
+    console = Console(stderr=True)
+    with console.status(f"loading {options.model}…", spinner="dots"):
+        engine = _engine(options)
+    session = ChatSession(engine, Store(), options)
+    if once is not None:
+        return _answer_once(session, once)
+    _interactive(session, Console(highlight=False))
+
+
+def _engine(options: ChatOptions) -> Engine:
+    from parley import models
+
+    return Engine(models.load(options.model, device=options.device, dtype=options.dtype))
+
+
+def _answer_once(session: ChatSession, question: str) -> None:
+    session.add("user", question.strip())
+    fitted = session.fit()
+    if fitted.notice:
+        print(f"parley: {fitted.notice}", file=sys.stderr)
+    reply = ""
+    try:
+        for token in session.engine.stream(fitted.messages, session.params):
+            reply += token.text
+            sys.stdout.write(token.text)
+            sys.stdout.flush()
+    finally:
+        sys.stdout.write("\n")
+        if reply:
+            session.add("assistant", reply)
+
+
+def _interactive(session: ChatSession, console: Console) -> None:
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import FileHistory
+
+    from parley.config import parley_home
+
+    prompt = PromptSession(history=FileHistory(str(_input_history(parley_home()))))
+    resumed = f" · resumed {session.id} ({len(session.messages)} messages)" if session.messages else ""
+    console.print(
+        f"[bold]parley[/bold] · {session.engine.loaded.spec} · "
+        f"{session.engine.loaded.context_window}-token context{resumed} · /help for commands",
+        style="dim",
+    )
+    while True:
+        try:
+            text = prompt.prompt("you> ", multiline=False, key_bindings=_newline_keys())
+        except KeyboardInterrupt:
+            continue  # Ctrl-C at the prompt clears the line
+        except EOFError:
+            break
+        text = text.strip()
+        if not text:
+            continue
+        try:
+            if text.startswith("/"):
+                if _command(session, console, text) == "quit":
+                    break
+            else:
+                _reply(session, console, text)
+        except ParleyError as e:
+            console.print(f"[red]error:[/red] {e}")
+
+
+def _reply(session: ChatSession, console: Console, text: str) -> None:
+    session.add("user", text)
+    fitted = session.fit()
+    if fitted.notice:
+        console.print(f"[yellow]{fitted.notice}[/yellow]")
+    reply, stopped = "", False
+    stream = session.engine.stream(fitted.messages, session.params)
+    with Live(console=console, auto_refresh=False, vertical_overflow="visible") as live:
+        last_draw = 0.0
+        try:
+            for token in stream:
+                reply += token.text
+                if time.monotonic() - last_draw > 0.05:
+                    live.update(Markdown(reply, code_theme=CODE_THEME), refresh=True)
+                    last_draw = time.monotonic()
+        except KeyboardInterrupt:
+            stopped = True
+            stream.close()
+        live.update(Markdown(reply, code_theme=CODE_THEME), refresh=True)
+    if stopped:
+        console.print("[dim](stopped)[/dim]")
+    if reply:
+        session.add("assistant", reply, **({"stopped": True} if stopped else {}))
+
+
+def _command(session: ChatSession, console: Console, line: str) -> str | None:
+    name, _, arg = line.partition(" ")
+    arg = arg.strip()
+    if name in ("/quit", "/exit"):
+        return "quit"
+    if name == "/help":
+        console.print(HELP)
+    elif name == "/reset":
+        session.reset()
+        console.print("[dim]new conversation[/dim]")
+    elif name == "/system":
+        session.set_system(arg)
+        console.print(f"[dim]system prompt {'set' if arg else 'cleared'}[/dim]")
+    elif name == "/params":
+        if arg:
+            session.set_params(**_parse_assignments(arg))
+        console.print(", ".join(f"{k}={v}" for k, v in vars(session.params).items()))
+    elif name == "/save":
+        console.print(f"[dim]saved to {_save(session, arg)}[/dim]")
+    elif name == "/load":
+        _load(session, arg)
+        console.print(f"[dim]loaded {len(session.messages)} messages from {arg} as conversation {session.id}[/dim]")
+    elif name == "/history":
+        _show_turns(session, console)
+    else:
+        raise ConfigError(f"unknown command {name}: /help lists the commands")
+    return None
+
+
+def _parse_assignments(text: str) -> dict[str, str]:
+    values = {}
+    for item in text.split():
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"/params takes key=value pairs, got {item!r} (e.g. /params temperature=0.2)")
+        values[key] = value
+    return values
+
+
+def _save(session: ChatSession, path: str) -> Path:
+    if not path:
+        raise ConfigError("/save needs a file name, e.g. /save chat.json")
+    target = Path(path).expanduser()
+    data = {"model": session.model, "system": session.system, "params": vars(session.params), "messages": session.messages}
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        os.replace(tmp, target)  # never leave a half-written file where the user's file was
+    except OSError as e:
+        raise ConfigError(f"cannot write {target}: {e.strerror}") from None
+    return target
+
+
+def _load(session: ChatSession, path: str) -> None:
+    if not path:
+        raise ConfigError("/load needs a file name, e.g. /load chat.json")
+    try:
+        data = json.loads(Path(path).expanduser().read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    messages = data.get("messages") if isinstance(data, dict) else data
+    system = data.get("system") if isinstance(data, dict) else None
+    if not isinstance(messages, list):
+        raise ConfigError(f"{path}: expected a list of messages or an object with 'messages'")
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)):
+            raise ConfigError(f"{path}: message {i} needs a role (system/user/assistant) and string content")
+    if messages and messages[0]["role"] == "system":
+        system, messages = messages[0]["content"], messages[1:]
+    session.load(messages, system)
+
+
+def _show_turns(session: ChatSession, console: Console) -> None:
+    if not session.messages:
+        console.print("[dim]no messages yet[/dim]")
+        return
+    fitted = session.fit()
+    table = Table(title=f"conversation {session.id} · {fitted.tokens} of {session.engine.loaded.context_window} tokens")
+    for column in ("#", "role", "tokens", "in context", "text"):
+        table.add_column(column)
+    count = session.engine.loaded.tokenizer
+    dropped = len(fitted.dropped)
+    for i, m in enumerate(session.messages):
+        tokens = len(count(m["content"], add_special_tokens=False)["input_ids"])
+        preview = m["content"].replace("\n", " ")
+        table.add_row(str(i + 1), m["role"], str(tokens), "no" if i < dropped else "yes", preview[:60])
+    console.print(table)
+
+
+def _newline_keys():
+    from prompt_toolkit.key_binding import KeyBindings
+
+    keys = KeyBindings()
+
+    @keys.add("escape", "enter")
+    def _(event):
+        event.current_buffer.insert_text("\n")
+
+    return keys
+
+
+def _input_history(home: Path) -> Path:
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return Path(os.devnull)
+    return home / "input-history"
+
+
+def show_history(limit: int) -> None:
+    console = Console()
+    conversations = Store().list(limit=limit)
+    if not conversations:
+        console.print("no conversations yet: start one with `parley chat`")
+        return
+    table = Table()
+    for column in ("id", "updated", "messages", "model", "title"):
+        table.add_column(column)
+    for c in conversations:
+        updated = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated_at))
+        table.add_row(c.id, updated, str(c.message_count), c.model, c.title)
+    console.print(table)
+
+
+def show_conversation(prefix: str) -> None:
+    store = Store()
+    cid = store.resolve(prefix)
+    conversation = store.get(cid)
+    console = Console()
+    console.print(f"[bold]{conversation.title or cid}[/bold] · {cid} · {conversation.model}", style="dim")
+    if conversation.system:
+        console.print(f"[dim]system: {conversation.system}[/dim]")
+    for m in store.messages(cid):
+        console.print(f"[bold]{m['role']}>[/bold]")
+        console.print(Markdown(m["content"], code_theme=CODE_THEME))

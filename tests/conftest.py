@@ -1,0 +1,96 @@
+"""Shared fixtures: a private PARLEY_HOME, the embedded tokenizer, tiny random models, the real model.
+
+Tests never write to ~/.cache: PARLEY_HOME points at one temporary directory for the whole run, so
+the embedded model is converted from GGUF at most once per run (~20 s) and subprocesses started by
+tests (the CLI through a pseudo-terminal) share that cache through the environment.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # never the network, whatever the caller's environment says
+
+
+@pytest.fixture(scope="session", autouse=True)
+def parley_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("parley-home")
+    old = os.environ.get("PARLEY_HOME")
+    os.environ["PARLEY_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("PARLEY_HOME", None)
+    else:
+        os.environ["PARLEY_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def embedded_dir(parley_home):
+    """The embedded SmolLM2 as a cached model directory (built from the GGUF file on first use)."""
+    from parley import embedded
+
+    return embedded.ensure_cached(progress=lambda message: None)
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer(embedded_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_dir)
+
+
+@pytest.fixture(scope="session")
+def embedded_model(embedded_dir):
+    """The real embedded model, loaded once through the one loader."""
+    from parley import models
+
+    return models.load("smollm2")
+
+
+def tiny_llama(tokenizer, seed: int = 0, **overrides):
+    """A random-initialised Llama-style model over `tokenizer`'s vocabulary, small enough for tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, **overrides,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_gpt2(tokenizer, seed: int = 0, **overrides):
+    """A random-initialised GPT-2-architecture model over `tokenizer`'s vocabulary."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=256,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, **overrides,
+    )
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture
+def llama_loaded(embedded_tokenizer):
+    """A tiny Llama with the embedded tokenizer and its ChatML template, wrapped like a loaded model."""
+    from parley.models import assemble
+
+    return assemble(tiny_llama(embedded_tokenizer), copy.deepcopy(embedded_tokenizer), spec="tiny-llama")
+
+
+@pytest.fixture
+def gpt2_loaded(embedded_tokenizer):
+    """A tiny GPT-2 whose tokenizer has no chat template, so the documented default applies."""
+    from parley.models import assemble
+
+    tokenizer = copy.deepcopy(embedded_tokenizer)
+    tokenizer.chat_template = None
+    return assemble(tiny_gpt2(tokenizer), tokenizer, spec="tiny-gpt2")
