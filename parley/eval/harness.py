@@ -61,7 +61,8 @@ def main() -> None:
         err.write(format_exc())
         flush()
         try:
-            message = f"{type(exc).__name__}: {exc}"
+            detail = str(exc)
+            message = type(exc).__name__ + (f": {detail}" if detail else "")
         except BaseException:  # an exception whose __str__ raises
             message = type(exc).__name__
         write(report_fd, ("FAIL " + message[:2000]).encode("utf-8", "replace"))
