@@ -3,7 +3,7 @@
 `sandbox.run_python` starts `python3 -I -c <this file's source> JOB_FD REPORT_FD`. This file
 is standard library only and is never imported by Parley itself.
 
-Protocol. JOB_FD is an unlinked file holding JSON {nonce, code, check}; it is read and closed
+Protocol. JOB_FD is an unlinked file holding {nonce, code, check} (marshal); it is read and closed
 before any sample code runs, so the sample never sees the nonce through the file system, the
 environment or argv. The sample runs first in its own namespace, then (if `check` is given) the
 tests run in a copy of that namespace whose built-ins are a snapshot taken *before* the sample
@@ -19,7 +19,7 @@ this harness on purpose (reading the nonce out of the calling frame, returning o
 """
 
 import builtins
-import json
+import marshal  # built in, unlike json: nothing to import, ~5 ms less per sample
 import os
 import sys
 import traceback
@@ -33,7 +33,7 @@ def main() -> None:
     run, compile_, copy = exec, compile, dict  # a sample may set builtins.exec to a no-op
     job_fd = int(sys.argv[1])
     with os.fdopen(job_fd, "rb") as job_file:
-        job = json.loads(job_file.read())
+        job = marshal.loads(job_file.read())
     os.set_inheritable(report_fd, False)
     nonce, check = job["nonce"], job["check"]
     pristine = dict(vars(builtins))
