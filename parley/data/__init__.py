@@ -1,0 +1,11 @@
+"""Data for fine-tuning: many source formats → one record type → tokenized, masked examples on disk.
+
+    records.py       the one record type (a list of {role, content} messages) and its checks
+    sources.py       `--source` specs (the scheme is documented there) → streams of records
+    chat_formats.py, personachat.py, chatterbot.py, tables.py     conversations in the shapes people have
+    code_files.py, code_formats.py, code_pairs.py                 code: directories, repos, datasets, pairs
+    textfiles.py     UTF-8 lines and streamed JSON with line numbers
+    tokenize.py      chat template rendering, assistant-only labels, fitting to length, packing
+    prepare.py       `parley data prepare`: the whole pipeline, written atomically with a manifest
+    inspect_data.py  `parley data stats` and `parley data show`
+"""

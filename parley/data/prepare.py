@@ -1,0 +1,289 @@
+"""`parley data prepare`: sources → a tokenized dataset on disk that training reads as it is.
+
+    parley data prepare --source chatterbot --source python-stdlib-pairs --model smollm2 --out data/mine
+
+Output (a Hugging Face `datasets` DatasetDict, `datasets.load_from_disk(out)`):
+    train/, validation/   columns input_ids, labels (-100 where not learned), source (file:line),
+                          and position_ids when packed
+    manifest.json         sources and their counts (records, bad, skipped by reason), split sizes,
+                          token and loss-token counts, what was fitted or dropped for length, a content
+                          hash of the examples, the tokenizer (name + vocabulary fingerprint), the chat
+                          template, and the settings
+    tokenizer.json        the tokenizer used, so `parley data show` decodes without loading the model
+
+Records stream through: memory stays flat however large the sources (only the batch being tokenized,
+one output batch per split, and digests of kept code files are held). The validation split takes
+records by content hash, so it is stable across runs and identical records land in the same split.
+
+Bad records: by default every source is read to the end and, if any record is malformed, nothing is
+written and the error gives the count and the first ten (`file:line: what is wrong`); with
+`skip_bad` they are left out and counted. Output is built in a temporary directory beside `out` and
+renamed into place at the end, so a failure never leaves a half-written `out`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from array import array
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from parley.data.records import Bad, Record
+from parley.data.sources import Source, parse
+from parley.data.tokenize import IGNORE, Encoder, Example, Packer
+from parley.errors import ConfigError, DataError
+from parley.templates import fingerprint
+
+FORMAT = 1  # bump when the layout on disk changes
+SPLITS = ("train", "validation")
+SHOWN_BAD = 10  # malformed records listed in the error
+WRITE_ROWS = 1000  # examples per Arrow record batch
+
+
+@dataclass
+class PrepareConfig:
+    """How to turn sources into training examples."""
+
+    max_len: int = 0  # longest example in tokens; 0 = the model's context window, at most 2048
+    val_ratio: float = 0.05  # share of records (chosen by content hash) put in the validation split
+    pack: bool = False  # concatenate consecutive short examples up to max_len (position_ids restart per record)
+    skip_bad: bool = False  # leave malformed records out (and count them) instead of stopping
+    overwrite: bool = False  # replace `out` if it already holds something
+    batch: int = 256  # records tokenized per call (the Rust tokenizer spreads a batch over the cores)
+
+    def check(self) -> None:
+        if self.max_len < 0 or self.max_len == 1:
+            raise ConfigError(f"--max-len must be 0 (the model's context window) or at least 2, got {self.max_len}")
+        if not 0 <= self.val_ratio < 1:
+            raise ConfigError(f"--val-ratio must be in [0, 1), got {self.val_ratio}")
+        if self.batch < 1:
+            raise ConfigError(f"batch must be at least 1, got {self.batch}")
+
+
+@dataclass
+class _SourceCount:
+    spec: str
+    records: int = 0
+    bad: int = 0
+    skipped: dict = field(default_factory=dict)
+
+
+def prepare(
+    specs: list[str],
+    out: Path,
+    tokenizer,
+    template: str,
+    config: PrepareConfig | None = None,
+    *,
+    model: str = "",
+    context_window: int = 2048,
+    progress=lambda message: None,
+) -> dict:
+    """Tokenize every source into `out` (see the module docstring); returns the manifest."""
+    config = config or PrepareConfig()
+    config.check()
+    if not specs:
+        raise ConfigError("no --source given; e.g. --source chatterbot or --source chat:FILE.jsonl")
+    sources = [parse(spec) for spec in specs]
+    out = Path(out)
+    if _occupied(out) and not config.overwrite:
+        raise DataError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+    max_len = config.max_len or min(context_window, 2048)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
+    try:
+        manifest = _build(sources, tmp, tokenizer, template, config, max_len, progress)
+        manifest.update(model=model, chat_template=template, template_fingerprint=fingerprint(template))
+        manifest["tokenizer"] = tokenizer_info(tokenizer)
+        manifest["settings"] = {**asdict(config), "max_len": max_len}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+        tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        _commit(tmp, out, config.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def tokenizer_info(tokenizer) -> dict:
+    """Name, size and a fingerprint of the vocabulary (ids ↔ tokens, added tokens included)."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]), ensure_ascii=False)
+    return {
+        "name": getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "vocab_fingerprint": hashlib.sha256(vocab.encode()).hexdigest()[:16],
+        "eos_token": tokenizer.eos_token,
+    }
+
+
+def in_validation(record: Record, ratio: float) -> bool:
+    return int(record.content_hash()[:8], 16) < ratio * 0x1_0000_0000
+
+
+def _build(sources: list[Source], tmp: Path, tokenizer, template, config: PrepareConfig, max_len: int, progress) -> dict:
+    import datasets
+
+    encoder = Encoder(tokenizer, template, max_len)
+    raw = tmp / ".raw"
+    raw.mkdir()
+    writers = {s: _SplitWriter(raw / f"{s}.arrow", max_len if config.pack else 0) for s in SPLITS}
+    bad: list[str] = []
+    counts = []
+    for source in sources:
+        count = _SourceCount(source.spec)
+        counts.append(count)
+        batch: list[Record] = []
+        for item in source.read():
+            if isinstance(item, Bad):
+                count.bad += 1
+                if len(bad) < SHOWN_BAD:
+                    bad.append(str(item))
+                continue
+            count.records += 1
+            if sum(c.bad for c in counts) and not config.skip_bad:
+                continue  # a failed run: only check the rest, so the error can give the full count
+            batch.append(item)
+            if len(batch) >= config.batch:
+                _encode(batch, encoder, writers, config.val_ratio, count, bad)
+                batch = []
+        _encode(batch, encoder, writers, config.val_ratio, count, bad)
+        count.skipped = dict(sorted(source.skipped.items()))
+        progress(f"{source.spec}: {count.records} records" + (f", {count.bad} bad" if count.bad else ""))
+
+    total_bad = sum(c.bad for c in counts)
+    if total_bad and not config.skip_bad:
+        shown = "\n".join(f"  {line}" for line in bad)
+        more = f"\n  ... and {total_bad - len(bad)} more" if total_bad > len(bad) else ""
+        raise DataError(f"{total_bad} bad record{'s' * (total_bad > 1)}; fix them or pass --skip-bad to leave them out:\n{shown}{more}")
+    for writer in writers.values():
+        writer.close()
+    if not writers["train"].examples and not writers["validation"].examples:
+        raise DataError(f"nothing to train on: all {sum(c.records for c in counts)} records were dropped "
+                        f"({encoder.counts['too_long']} longer than --max-len {max_len} even after dropping turns)")
+
+    splits = {s: datasets.Dataset.from_file(str(w.path)) for s, w in writers.items()}
+    datasets.disable_progress_bars()
+    datasets.DatasetDict(splits).save_to_disk(str(tmp))
+    del splits
+    shutil.rmtree(raw)
+
+    digest = hashlib.sha256()
+    for s in SPLITS:
+        digest.update(writers[s].digest.digest())
+    return {
+        "format": FORMAT,
+        "sources": [asdict(c) for c in counts],
+        "records": sum(c.records for c in counts),
+        "bad_skipped": total_bad,
+        "bad_examples": bad,
+        "splits": {s: w.summary() for s, w in writers.items()},
+        "length_changes": {k: encoder.counts[k] for k in ("fitted", "dropped_turns", "truncated", "too_long")},
+        "content_hash": digest.hexdigest(),
+    }
+
+
+def _encode(batch: list[Record], encoder: Encoder, writers: dict, val_ratio: float, count: _SourceCount, bad: list[str]) -> None:
+    if not batch:
+        return
+    try:
+        encoded = encoder.encode_batch(batch)
+    except DataError:  # one record the template refuses: find which, one by one
+        encoded = []
+        for record in batch:
+            try:
+                encoded.append(encoder.encode(record))
+            except DataError as e:
+                count.bad += 1
+                count.records -= 1
+                if len(bad) < SHOWN_BAD:
+                    bad.append(str(e))
+                encoded.append([])
+    for record, examples in zip(batch, encoded):
+        writer = writers["validation" if in_validation(record, val_ratio) else "train"]
+        writer.records += bool(examples)
+        for example in examples:
+            writer.add(example)
+
+
+class _SplitWriter:
+    """Appends examples to one split's Arrow stream file, in batches; counts and hashes them."""
+
+    def __init__(self, path: Path, pack_len: int):
+        import datasets
+        import pyarrow as pa
+
+        columns = {"input_ids": datasets.List(datasets.Value("int32")), "labels": datasets.List(datasets.Value("int32"))}
+        if pack_len:
+            columns["position_ids"] = datasets.List(datasets.Value("int32"))
+        columns["source"] = datasets.Value("string")
+        self.schema = datasets.Features(columns).arrow_schema
+        self.path = path
+        self.sink = pa.OSFile(str(path), "wb")
+        self.writer = pa.ipc.new_stream(self.sink, self.schema)
+        self.packer = Packer(pack_len) if pack_len else None
+        self.rows: list[Example] = []
+        self.records = self.examples = self.tokens = self.loss_tokens = 0
+        self.digest = hashlib.sha256()
+
+    def add(self, example: Example) -> None:
+        for done in self.packer.add(example) if self.packer else [example]:
+            self._row(done)
+
+    def _row(self, example: Example) -> None:
+        self.rows.append(example)
+        self.examples += 1
+        self.tokens += len(example.input_ids)
+        self.loss_tokens += sum(1 for label in example.labels if label != IGNORE)
+        self.digest.update(array("i", example.input_ids).tobytes() + b"|" + array("i", example.labels).tobytes())
+        if len(self.rows) >= WRITE_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if not self.rows:
+            return
+        data = {
+            "input_ids": [r.input_ids for r in self.rows],
+            "labels": [r.labels for r in self.rows],
+            "source": [r.source for r in self.rows],
+        }
+        if self.packer:
+            data["position_ids"] = [r.position_ids for r in self.rows]
+        self.writer.write_batch(pa.RecordBatch.from_pydict(data, schema=self.schema))
+        self.rows = []
+
+    def close(self) -> None:
+        if self.packer:
+            for done in self.packer.flush():
+                self._row(done)
+        self._flush()
+        self.writer.close()
+        self.sink.close()
+
+    def summary(self) -> dict:
+        return {"records": self.records, "examples": self.examples, "tokens": self.tokens, "loss_tokens": self.loss_tokens}
+
+
+def _occupied(out: Path) -> bool:
+    return out.exists() and (not out.is_dir() or any(out.iterdir()))
+
+
+def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished directory into place; an old `out` is removed only after that succeeded."""
+    if _occupied(out):
+        if not overwrite:
+            raise DataError(f"{out} appeared while preparing; choose another --out or pass --overwrite")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        if out.is_dir():
+            out.rmdir()
+        os.replace(tmp, out)

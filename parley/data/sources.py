@@ -1,0 +1,211 @@
+"""Source specs (`--source`) → streams of records. The scheme, in full:
+
+    [FORMAT:]LOCATION[,KEY=VALUE...]      or a built-in set's name: chatterbot, python-stdlib, python-stdlib-pairs
+
+FORMAT may be left out: a directory is read as code, a file by its extension (.jsonl/.json, .csv/.tsv,
+.parquet, .txt, .yml) and, for JSON and tables, by the keys of its first record. Give it to insist:
+
+    chat:FILE            any chat layout below, detected         code:DIR|URL|FILE   code dir, repo, or code JSONL
+    messages:FILE        OpenAI {"messages": [...]}              stack:FILE          The Stack {"content", "lang", "path"}
+    sharegpt:FILE        {"conversations": [{from, value}]}      codesearchnet:FILE  {"code", "docstring", "func_name"}
+    personachat:FILE     ParlAI text (.txt) or JSON              pairs:DIR           instruction pairs from Python
+    table:FILE           CSV/TSV/Parquet/JSON prompt+response    hf:NAME             a Hugging Face dataset (cache/Hub)
+
+KEYs: prompt=, response=, system= (column names; `a+b` joins columns) for tables and JSON pairs;
+langs=python+go and max_kb=N for code; split= and config= for hf:; lang= for chatterbot.
+
+Examples:  --source chat:dialogs.jsonl  --source chatterbot  --source code:~/src/proj,langs=python
+           --source table:qa.csv,prompt=question,response=answer  --source python-stdlib-pairs
+
+Every source yields `Record`s and `Bad`s; a source that yields neither is an error, and each
+source's skipped items are counted by reason (`Source.skipped`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from parley.data import chat_formats, chatterbot, code_files, code_formats, code_pairs, personachat, tables
+from parley.data.chat_formats import Columns
+from parley.data.code_files import CodeFilter
+from parley.data.records import Bad, Record
+from parley.data.textfiles import json_items, lines
+from parley.errors import ConfigError, DataError
+
+BUILTINS = ("chatterbot", "python-stdlib", "python-stdlib-pairs")
+CHAT = ("messages", "sharegpt", "personachat", "pairs")  # row layouts that are conversations
+CODE = ("stack", "codesearchnet")  # row layouts that are code
+FORMATS = ("chat", "code", "messages", "sharegpt", "personachat", "table", "stack", "codesearchnet", "pairs", "hf")
+KEYS = ("prompt", "response", "system", "langs", "max_kb", "split", "config", "lang")
+JSON_EXT = (".jsonl", ".json", ".ndjson")
+TABLE_EXT = (".csv", ".tsv", ".parquet")
+
+
+@dataclass
+class Source:
+    """One `--source`: what was asked for, and a fresh stream of its records on each `read()`."""
+
+    spec: str
+    format: str | None  # as given, or None for auto-detection
+    location: str
+    options: dict[str, str] = field(default_factory=dict)
+    skipped: Counter = field(default_factory=Counter)  # reason → count, filled while reading
+
+    def read(self) -> Iterator[Record | Bad]:
+        self.skipped.clear()
+        found = 0
+        for item in _dispatch(self):
+            found += 1
+            yield item
+        if not found:
+            why = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
+            raise DataError(f"{self.spec}: no records found" + (f" (skipped: {why})" if why else ""))
+
+
+def parse(spec: str) -> Source:
+    """A Source from a spec string; ConfigError names what is wrong in it."""
+    head, *rest = spec.split(",")
+    options = {}
+    for item in rest:
+        key, eq, value = item.partition("=")
+        if not eq or key not in KEYS:
+            raise ConfigError(f"--source {spec}: {item!r} is not KEY=VALUE with KEY one of {', '.join(KEYS)}")
+        options[key] = value
+    fmt, colon, location = head.partition(":")
+    if head in BUILTINS:
+        return Source(spec, head, "", options)
+    if colon and fmt in FORMATS:
+        return Source(spec, fmt, location, options)
+    if colon and fmt.isidentifier() and not Path(head).exists() and "/" not in fmt:
+        raise ConfigError(f"--source {spec}: unknown format {fmt!r}; use one of {', '.join(FORMATS)}, or a built-in: {', '.join(BUILTINS)}")
+    return Source(spec, None, head, options)
+
+
+def _dispatch(src: Source) -> Iterator[Record | Bad]:
+    fmt, where, opts = src.format, src.location, src.options
+    if fmt == "chatterbot":
+        return chatterbot.read(src.skipped, opts.get("lang", "english"))
+    if fmt in ("python-stdlib", "python-stdlib-pairs"):
+        filt = _code_filter(opts, default_langs="python")
+        files = code_files.read_code(str(code_files.stdlib_root()), filt, src.skipped)
+        return _pairs(files, src.skipped) if fmt.endswith("pairs") else files
+    if fmt == "hf":
+        return _rows(src, tables.hub_rows(where, opts.get("config"), opts.get("split", "train")), f"hf:{where}", table=True)
+    path = Path(where).expanduser()
+    if fmt == "pairs":
+        return _pairs(code_files.read_code(where, _code_filter(opts, "python"), src.skipped), src.skipped)
+    if fmt in (None, "code") and (path.is_dir() or code_files._is_url(where)):
+        return code_files.read_code(where, _code_filter(opts), src.skipped)
+    if not path.exists():
+        raise DataError(f"{where}: no such file or directory")
+    if path.is_dir():
+        raise DataError(f"{where}: is a directory; {fmt}: reads a file (code:DIR and pairs:DIR read directories)")
+    return _file(src, path)
+
+
+def _file(src: Source, path: Path) -> Iterator[Record | Bad]:
+    ext = path.suffix.lower()
+    if ext == ".txt" and src.format in (None, "chat", "personachat"):
+        first = next((text for _, text in lines(path) if text.strip()), "")
+        if personachat.looks_like(first):
+            return personachat.read(path)
+        raise DataError(f"{path}:1: not the Persona-Chat text format ('1 your persona: ...' or 'N text<TAB>reply')")
+    if ext in (".yml", ".yaml") and src.format in (None, "chat"):
+        return chatterbot.read_file(path)
+    if ext in (".csv", ".tsv"):
+        return _rows(src, tables.csv_rows(path), str(path), table=True, columns=tables.csv_header(path))
+    if ext == ".parquet":
+        return _rows(src, tables.parquet_rows(path), str(path), table=True, columns=tables.parquet_columns(path))
+    if ext in JSON_EXT:
+        return _rows(src, json_items(path), str(path), table=False)
+    raise DataError(
+        f"{path}: unknown format {ext or '(no extension)'!r}; use .jsonl/.json, .csv/.tsv, .parquet, "
+        f".txt (Persona-Chat) or .yml (chatterbot), or a directory of code"
+    )
+
+
+def _rows(src: Source, rows, source: str, table: bool, columns: list[str] | None = None) -> Iterator[Record | Bad]:
+    """Records from (line, object) rows, their layout taken from the format or the first good row."""
+    rows = iter(rows)
+    head_bad, first = [], None
+    for item in rows:  # malformed lines before the first good row are reported, not used to detect
+        if not isinstance(item[1], Bad):
+            first = item
+            break
+        head_bad.append(item)
+    layout = _layout(src, first[1] if first else None, columns, source)
+    resolved = _columns(src, layout, columns or (first[1].keys() if first and isinstance(first[1], dict) else []), source, table)
+    filt = _code_filter(src.options)
+    for line, obj in itertools.chain(head_bad, [first] if first else [], rows):
+        if isinstance(obj, Bad):
+            yield obj
+        elif layout == "stack":
+            record = code_formats.from_stack(obj, source, line, filt, src.skipped)
+            if record is not None:
+                yield record
+        elif layout == "codesearchnet":
+            yield code_formats.from_codesearchnet(obj, source, line)
+        elif layout == "pairs":
+            cols = resolved or (Columns(**_column_opts(src)).resolve(obj.keys()) if isinstance(obj, dict) else None)
+            if cols is None:
+                yield Bad(source, line, Columns(**_column_opts(src)).missing(obj.keys() if isinstance(obj, dict) else []))
+            else:
+                yield chat_formats.from_row(obj, cols, source, line)
+        else:
+            yield chat_formats.READERS[layout](obj, source, line)
+
+
+def _layout(src: Source, first, columns, source: str) -> str:
+    """The row layout: the one asked for, else detected from the first good row."""
+    asked = {"table": "pairs"}.get(src.format, src.format)
+    if asked in CHAT + CODE:
+        return asked
+    if first is None and columns is None:
+        raise DataError(f"{source}: no records found")
+    sample = first if first is not None else dict.fromkeys(columns)
+    if _column_opts(src):
+        return "pairs"
+    detected = chat_formats.detect(sample) or code_formats.detect(sample)
+    keys = ", ".join(map(str, sample.keys())) if isinstance(sample, dict) else type(sample).__name__
+    if detected is None:
+        raise DataError(
+            f"{source}: unknown record layout (keys: {keys}); expected messages, conversations, "
+            f"personality/utterances, prompt/response columns, The Stack or CodeSearchNet rows"
+        )
+    family = {"chat": CHAT, "code": CODE}.get(src.format or "")
+    if family and detected not in family:
+        raise DataError(f"{source}: its records look like {detected}, not {src.format} (keys: {keys})")
+    return detected
+
+
+def _columns(src: Source, layout: str, available, source: str, table: bool):
+    """For tables, resolve prompt/response columns once from the header: a missing one is one line."""
+    if layout != "pairs" or not table:
+        return None
+    columns = Columns(**_column_opts(src))
+    resolved = columns.resolve(available)
+    if resolved is None:
+        raise DataError(f"{source}: {columns.missing(available)}")
+    return resolved
+
+
+def _column_opts(src: Source) -> dict:
+    return {k: src.options[k] for k in ("prompt", "response", "system") if k in src.options}
+
+
+def _code_filter(opts: dict, default_langs: str | None = None) -> CodeFilter:
+    langs = opts.get("langs", default_langs)
+    try:
+        max_kb = int(opts.get("max_kb", 256))
+    except ValueError:
+        raise ConfigError(f"max_kb={opts['max_kb']!r} is not a whole number of kilobytes") from None
+    return CodeFilter(langs=frozenset(langs.split("+")) if langs else None, max_kb=max_kb)
+
+
+def _pairs(files: Iterator[Record], skipped: Counter) -> Iterator[Record]:
+    for record in files:
+        yield from code_pairs.pairs_from_file(record, skipped)
