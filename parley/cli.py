@@ -25,9 +25,13 @@ app = typer.Typer(
     add_completion=False,
 )
 
-ModelOption = typer.Option("smollm2", "--model", "-m", help="smollm2 (built in), a model directory, or a hub id.")
+ModelOption = typer.Option("smollm2", "--model", "-m", help="smollm2 (built in), a model directory, a hub id, or openai:NAME.")
 DeviceOption = typer.Option("auto", help="auto, cpu or cuda.")
 DtypeOption = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16.")
+BaseUrlOption = typer.Option(
+    None, "--base-url", help="The OpenAI-compatible service for --model openai:NAME (default $OPENAI_BASE_URL; "
+    "key from $OPENAI_API_KEY).",
+)
 
 
 @app.command()
@@ -41,6 +45,7 @@ def chat(
     top_k: Optional[int] = typer.Option(None, help="Sample from the k most likely tokens (0 = off)."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Reply length limit in tokens."),
     seed: Optional[int] = typer.Option(None, help="Make sampling reproducible."),
+    base_url: Optional[str] = BaseUrlOption,
     device: str = DeviceOption,
     dtype: str = DtypeOption,
 ) -> None:
@@ -49,7 +54,7 @@ def chat(
 
     flags = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
     options = ChatOptions(
-        model=model, device=device, dtype=dtype, system=system, resume=resume,
+        model=model, device=device, dtype=dtype, system=system, resume=resume, base_url=base_url,
         params={k: v for k, v in flags.items() if v is not None},
     )
     if prompt is None and not sys.stdin.isatty():
@@ -112,6 +117,33 @@ def eval_compare(
     from parley.eval.report import show_comparison
 
     show_comparison(before, after, chart)
+
+
+@app.command()
+def serve(
+    model: str = typer.Option("smollm2", "--model", "-m",
+                              help="smollm2, a model directory, a hub id, or openai:NAME with --base-url."),
+    base_url: Optional[str] = BaseUrlOption,
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the server to your network."),
+    port: int = typer.Option(8000, help="TCP port."),
+    api_key: list[str] = typer.Option([], "--api-key", help="Require this Bearer key (repeatable; also "
+                                      "PARLEY_API_KEYS=k1,k2)."),
+    served_name: Optional[str] = typer.Option(None, help="The model id clients send; default: --model."),
+    max_batch: int = typer.Option(8, help="Requests decoded together in one batch."),
+    max_queue: int = typer.Option(64, help="Requests that may wait for a batch slot before 429."),
+    max_tokens: int = typer.Option(1024, help="The largest max_tokens a request gets (larger ones are capped)."),
+    grace: float = typer.Option(30.0, help="On shutdown, seconds running replies may take to finish."),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+) -> None:
+    """Serve an OpenAI-compatible API (/v1) and a web chat page (/) over one model, batching requests."""
+    from parley.serve.app import ServeOptions, api_keys_from_env, run
+
+    run(ServeOptions(
+        model=model, base_url=base_url, host=host, port=port, served_name=served_name,
+        api_keys=list(api_key) or api_keys_from_env(), max_batch=max_batch, max_queue=max_queue,
+        max_tokens=max_tokens, grace_s=grace, device=device, dtype=dtype,
+    ))
 
 
 def main() -> None:

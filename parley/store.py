@@ -246,6 +246,14 @@ class Store:
         with self._write() as conn:
             self._touch(conn, conversation_id, "title = ?, ", (title,))
 
+    def truncate(self, conversation_id: str, keep: int) -> None:
+        """Delete every message after the first `keep` (regenerating a reply replaces the old one)."""
+        with self._write() as conn:
+            self._touch(conn, conversation_id)
+            conn.execute("DELETE FROM messages WHERE conversation_id = ? AND id NOT IN (SELECT id FROM "
+                         "messages WHERE conversation_id = ? ORDER BY id LIMIT ?)",
+                         (conversation_id, conversation_id, max(0, keep)))
+
     def delete(self, conversation_id: str) -> None:
         with self._write() as conn:
             if conn.execute("DELETE FROM conversations WHERE id = ?",

@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.markdown import Markdown
 from rich.table import Table
 
-from parley.conversation import fit_messages
+from parley.conversation import Fitted, fit_messages
 from parley.engine import Engine, SamplingParams
 from parley.errors import ConfigError, ParleyError
 from parley.store import Store
@@ -50,6 +50,7 @@ class ChatOptions:
     system: str | None = None
     resume: str | None = None
     params: dict = field(default_factory=dict)  # SamplingParams overrides from flags
+    base_url: str | None = None  # the service for `openai:NAME` models (--base-url)
 
 
 class ChatSession:
@@ -89,6 +90,8 @@ class ChatSession:
                 f"{self.engine.loaded.context_window}-token context window: lower it"
             )
         loaded = self.engine.loaded
+        if loaded.tokenizer is None:  # a remote model: its service fits the context, or refuses
+            return Fitted(self.history(), self.engine.count(self.history()))
         return fit_messages(self.history(), loaded.tokenizer, loaded.template, budget)
 
     def reset(self) -> None:
@@ -131,7 +134,10 @@ def run_chat(options: ChatOptions, once: str | None = None) -> None:
 def _engine(options: ChatOptions) -> Engine:
     from parley import models
 
-    return Engine(models.load(options.model, device=options.device, dtype=options.dtype))
+    from parley.remote import engine_for
+
+    return engine_for(models.load(options.model, device=options.device, dtype=options.dtype,
+                                  base_url=options.base_url))
 
 
 def _answer_once(session: ChatSession, question: str) -> None:

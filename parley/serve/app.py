@@ -1,0 +1,217 @@
+"""`parley serve`: an OpenAI-compatible API and a web chat page over one model, for many users at once.
+
+    parley serve --model smollm2                      # http://127.0.0.1:8000/ (page), /v1 (API), /docs
+    parley serve --model runs/x/final --host 0.0.0.0 --api-key "$KEY"
+    parley serve --model openai:NAME --base-url http://gpu-box:8000/v1   # proxy a remote service
+
+Routes: POST /v1/chat/completions, /v1/completions; GET /v1/models (openai_api.py); the stored
+conversations under /v1/conversations (conversations_api.py); GET /health, /metrics (Prometheus),
+/docs (OpenAPI); the page at / with its files under /static (web/).
+
+`create_app(options, loaded=None)` builds the app; the model is loaded in the lifespan (or `loaded`
+is used as is: tests, embedding). Generation goes through the one engine, via the batching
+scheduler (scheduler.py). Protection: optional API keys (Bearer; compared in constant time; never
+logged), a request body size limit, a bounded queue (429 + Retry-After), validation errors as
+OpenAI-style 400s (api_errors.py). On SIGINT/SIGTERM the server stops taking requests, lets running
+generations finish for `grace_s`, then ends the rest with finish_reason "length".
+
+Limits: one model per server; API keys are all-or-nothing (no per-key quotas or scopes).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from parley.errors import ConfigError
+from parley.serve import api_errors, conversations_api, openai_api
+from parley.serve.api_errors import ApiError
+from parley.serve.metrics import Metrics, MetricsMiddleware
+
+WEB = Path(__file__).parent / "web"
+log = logging.getLogger("parley.serve")
+
+
+@dataclass
+class ServeOptions:
+    """Everything `parley serve` can be told; defaults are safe for a laptop."""
+
+    model: str = "smollm2"  # a spec for models.load (smollm2, a directory, a hub id, openai:NAME)
+    base_url: str | None = None  # the remote service for openai:NAME specs
+    device: str = "auto"  # auto, cpu or cuda
+    dtype: str = "auto"  # auto, float32, bfloat16 or float16
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes the server to the network: an explicit choice
+    port: int = 8000
+    served_name: str | None = None  # the model id clients send and /v1/models lists; default: the spec
+    api_keys: list[str] = field(default_factory=list)  # empty = no authentication
+    max_batch: int = 8  # sequences decoded together
+    max_queue: int = 64  # sequences allowed to wait for a batch slot before 429
+    max_tokens: int = 1024  # the most tokens one reply may ask for (larger requests are capped)
+    max_body_bytes: int = 2 * 1024 * 1024  # larger request bodies get 413
+    grace_s: float = 30.0  # on shutdown, how long running generations may go on
+    db: Path | None = None  # conversation database; default $PARLEY_HOME/parley.db
+
+    def check(self) -> ServeOptions:
+        for key in ("max_batch", "max_queue", "max_tokens", "max_body_bytes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"--{key.replace('_', '-')} must be at least 1")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port {self.port} is not a TCP port (1-65535)")
+        if any(not k for k in self.api_keys):
+            raise ConfigError("--api-key must not be empty")
+        return self
+
+
+def api_keys_from_env() -> list[str]:
+    """PARLEY_API_KEYS: comma-separated keys."""
+    return [k.strip() for k in os.environ.get("PARLEY_API_KEYS", "").split(",") if k.strip()]
+
+
+def create_app(options: ServeOptions, loaded=None) -> FastAPI:
+    """The ASGI app. `loaded` (a models.Loaded) skips loading `options.model` in the lifespan."""
+    options.check()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from parley.models import load
+        from parley.remote import engine_for
+        from parley.serve.scheduler import scheduler_for
+        from parley.store import Store
+
+        model = loaded or await run_in_threadpool(load, options.model, options.device, options.dtype,
+                                                  options.base_url)
+        app.state.loaded = model
+        app.state.engine = engine_for(model)
+        app.state.scheduler = scheduler_for(app.state.engine, options.max_batch, options.max_queue)
+        app.state.store = await run_in_threadpool(Store, options.db)
+        app.state.served_name = options.served_name or model.spec
+        app.state.metrics.watch(app.state.scheduler)
+        app.state.scheduler.start()
+        log.info("serving %s (context %d tokens)", app.state.served_name, model.context_window)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(app.state.scheduler.close, 0.0)
+            app.state.store.close()
+
+    app = FastAPI(
+        title="Parley", version="0.1.0", lifespan=lifespan,
+        description="An OpenAI-compatible API over your own assistant, and a web chat page at /.",
+    )
+    app.state.options = options
+    app.state.metrics = Metrics()
+    api_errors.install(app)
+    app.include_router(openai_api.router)
+    app.include_router(conversations_api.router)
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/health", tags=["server"])
+    async def health(request: Request):
+        scheduler = getattr(request.app.state, "scheduler", None)
+        return {"status": "ok", "model": getattr(request.app.state, "served_name", None),
+                "waiting": scheduler.waiting if scheduler else 0, "active": scheduler.active if scheduler else 0}
+
+    @app.get("/metrics", tags=["server"], response_class=PlainTextResponse)
+    async def metrics(request: Request):
+        return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.add_middleware(BodyLimitMiddleware, limit=options.max_body_bytes)
+    app.add_middleware(AuthMiddleware, keys=options.api_keys)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+class AuthMiddleware:
+    """Bearer API keys on /v1/* and /metrics when keys are configured; the page and /health stay open."""
+
+    def __init__(self, app, keys: list[str]):
+        self.app, self.keys = app, [k.encode() for k in keys]
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and self.keys and (path.startswith("/v1/") or path == "/metrics"):
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, given = header.partition(b" ")
+            if not self._valid(given.strip() if scheme.lower() == b"bearer" else b""):
+                error = ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                                 code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                return await error.response()(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def _valid(self, given: bytes) -> bool:
+        ok = False
+        for key in self.keys:  # every key is compared, so timing says nothing about which matched
+            ok |= hmac.compare_digest(given, key)
+        return ok
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over `limit` bytes, whether or not they declare a Content-Length."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        too_big = ApiError(413, f"the request body is over the server's limit of {self.limit} bytes",
+                           code="body_too_large")
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await too_big.response()(scope, receive, send)
+        chunks, size = [], 0
+        while True:  # read it all here (bounded), then replay it to the app
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return await too_big.response()(scope, receive, send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # after the body: disconnect notices, as usual
+
+        await self.app(scope, replay, send)
+
+
+def run(options: ServeOptions) -> None:
+    """Serve until SIGINT/SIGTERM, then drain: see the module docstring."""
+    import uvicorn
+
+    from parley.models import load
+
+    # Loaded here, not in the lifespan, so a bad --model is one line from the CLI, not a traceback.
+    app = create_app(options, load(options.model, options.device, options.dtype, options.base_url))
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            scheduler = getattr(app.state, "scheduler", None)
+            if scheduler is not None:
+                scheduler.drain(options.grace_s)
+            super().handle_exit(sig, frame)
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info",
+                            timeout_graceful_shutdown=int(options.grace_s) + 5)
+    DrainingServer(config).run()

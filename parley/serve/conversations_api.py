@@ -1,0 +1,275 @@
+"""Stored conversations over REST (the web page's backend), in the same SQLite store as `parley chat`.
+
+    GET    /v1/conversations                   newest first (?limit=&offset=)
+    POST   /v1/conversations                   {title?, system?, params?} -> the new conversation
+    GET    /v1/conversations/{cid}             the conversation with its messages
+    PATCH  /v1/conversations/{cid}             {title?, system?, params?}: rename, change settings
+    DELETE /v1/conversations/{cid}
+    POST   /v1/conversations/{cid}/messages    {content, params?, stream?}: add a user message, reply
+    POST   /v1/conversations/{cid}/regenerate  {params?, stream?}: replace the last reply
+    POST   /plain                              the page's no-script fallback (an HTML form)
+
+`params` are SamplingParams fields (temperature, top_p, top_k, max_new_tokens, seed, ...); those sent
+with a message are saved to the conversation, so continuing it later restores them. The history
+sent to the model goes through the rolling buffer (`fit_messages`): system prompt kept, oldest
+turns dropped first; the reply's first event says what was dropped. Replies stream as server-sent
+events: {"type": "start", "notice"}, {"type": "delta", "text"}..., {"type": "done", "finish_reason"}
+(or {"type": "error", "message"}). A reply cut short by the client (the page's Stop button) is
+stored as far as it got; the user's message is stored once its reply has been queued.
+
+Limits: no per-user ownership: anyone holding an API key sees every conversation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import html
+import logging
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from parley.conversation import fit_messages
+from parley.engine import SamplingParams
+from parley.errors import ParleyError
+from parley.serve.api_errors import ApiError, translate
+from parley.serve.streaming import first_event, follow, sse, submit
+
+router = APIRouter(tags=["conversations"])
+log = logging.getLogger("parley.serve")
+MAX_TEXT = 200_000  # characters in one message or system prompt
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class NewConversation(_Strict):
+    title: str | None = Field(None, max_length=200)
+    system: str | None = Field(None, max_length=MAX_TEXT)
+    params: dict | None = None
+
+
+class ConversationPatch(NewConversation):
+    pass
+
+
+class Say(_Strict):
+    content: str = Field(min_length=1, max_length=MAX_TEXT)
+    params: dict | None = None
+    stream: bool = True
+
+
+class Regenerate(_Strict):
+    params: dict | None = None
+    stream: bool = True
+
+
+def _store(request: Request):
+    return request.app.state.store
+
+
+def _json(conversation) -> dict:
+    return dataclasses.asdict(conversation)
+
+
+def _checked_params(request: Request, stored: dict, given: dict | None) -> SamplingParams:
+    """Stored params, overridden by the request's; validated; max_new_tokens capped by the server."""
+    known = {f.name for f in dataclasses.fields(SamplingParams)}
+    for key, value in (given or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, list, type(None))):
+            raise ApiError(400, f"params.{key}: {value!r} is not a number, string or list", param=f"params.{key}")
+    # Keys another Parley version stored and this one does not know are left out, not fatal.
+    merged = {**{k: v for k, v in (stored or {}).items() if k in known}, **(given or {})}
+    try:
+        params = SamplingParams().updated(**merged)
+    except ParleyError as e:
+        raise ApiError(400, f"params: {e}", param="params") from e
+    except (TypeError, ValueError) as e:
+        raise ApiError(400, f"params: a value has the wrong type ({e})", param="params") from e
+    cap = request.app.state.options.max_tokens
+    return dataclasses.replace(params, max_new_tokens=min(params.max_new_tokens, cap))
+
+
+@router.get("/v1/conversations")
+def list_conversations(request: Request, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
+    return {"object": "list", "data": [_json(c) for c in _store(request).list(limit, offset)]}
+
+
+@router.post("/v1/conversations", status_code=201)
+def create_conversation(body: NewConversation, request: Request):
+    if body.params:
+        _checked_params(request, {}, body.params)
+    store = _store(request)
+    cid = store.new_conversation(model=request.app.state.served_name, system=body.system,
+                                 title=body.title, params=body.params)
+    return _json(store.get(cid))
+
+
+@router.get("/v1/conversations/{cid}")
+def get_conversation(cid: str, request: Request):
+    store = _store(request)
+    return {**_json(store.get(cid)), "messages": store.messages(cid)}
+
+
+@router.patch("/v1/conversations/{cid}")
+def update_conversation(cid: str, body: ConversationPatch, request: Request):
+    store = _store(request)
+    store.get(cid)
+    given = body.model_fields_set
+    if "params" in given and body.params:
+        _checked_params(request, {}, body.params)
+    if "title" in given:
+        store.rename(cid, body.title or "")
+    changes = {k: getattr(body, k) for k in ("system", "params") if k in given}
+    if changes:
+        store.update(cid, **changes)
+    return _json(store.get(cid))
+
+
+@router.delete("/v1/conversations/{cid}")
+def delete_conversation(cid: str, request: Request):
+    _store(request).delete(cid)
+    return {"id": cid, "object": "conversation.deleted", "deleted": True}
+
+
+@router.post("/v1/conversations/{cid}/messages")
+async def say(cid: str, body: Say, request: Request):
+    """Add the user's message and reply to the conversation so far."""
+    return await _reply(request, cid, body.params, body.stream, new_message=body.content)
+
+
+@router.post("/v1/conversations/{cid}/regenerate")
+async def regenerate(cid: str, body: Regenerate, request: Request):
+    """Drop the replies after the last user message and reply again (seeded anew unless a seed is set)."""
+    return await _reply(request, cid, body.params, body.stream, new_message=None)
+
+
+async def _reply(request: Request, cid: str, given: dict | None, streaming: bool, new_message: str | None):
+    store, state = _store(request), request.app.state
+    conversation = await run_in_threadpool(store.get, cid)
+    params = _checked_params(request, conversation.params, given)
+    history = await run_in_threadpool(store.messages, cid)
+    keep = len(history)
+    if new_message is None:
+        while history and history[-1]["role"] == "assistant":
+            history.pop()
+        if not history:
+            raise ApiError(400, "there is no user message to reply to", code="nothing_to_regenerate")
+        keep = len(history)
+    else:
+        history.append({"role": "user", "content": new_message})
+    system = [{"role": "system", "content": conversation.system}] if conversation.system else []
+    messages, notice = await run_in_threadpool(_fit, state.loaded, system + history, params.max_new_tokens)
+    ticket = await submit(request, [(messages, params)])
+    events = follow(ticket, request)
+    first = await first_event(ticket, events)
+    # The reply is underway: now make the conversation say so.
+    if new_message is None:
+        await run_in_threadpool(store.truncate, cid, keep)
+    else:
+        await run_in_threadpool(store.add_message, cid, "user", new_message)
+    if given:
+        await run_in_threadpool(store.update, cid, params={**conversation.params, **given})
+    reply = _Reply(store, cid, notice)
+    if streaming:
+        return StreamingResponse(reply.stream(first, events), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        await reply.collect(first, events)
+    except Exception as e:
+        raise translate(e) from e
+    finally:
+        reply.save()
+    return {"message": {"role": "assistant", "content": reply.text}, "finish_reason": reply.finish_reason,
+            "notice": notice}
+
+
+def _fit(loaded, messages: list[dict], max_new_tokens: int) -> tuple[list[dict], str | None]:
+    """The rolling buffer: room for the reply is kept free (at most half the window)."""
+    if loaded.tokenizer is None:  # remote: the service fits or refuses
+        return messages, None
+    window = loaded.context_window
+    fitted = fit_messages(messages, loaded.tokenizer, loaded.template, window - min(max_new_tokens, window // 2))
+    return fitted.messages, fitted.notice
+
+
+class _Reply:
+    """The assistant's reply as it arrives; saved once, however the stream ends."""
+
+    def __init__(self, store, cid: str, notice: str | None):
+        self.store, self.cid, self.notice = store, cid, notice
+        self.text, self.finish_reason, self.tokens, self.saved = "", None, 0, False
+
+    def add(self, event) -> str:
+        if event.token is None:
+            self.finish_reason = event.finish_reason
+            return ""
+        self.tokens += 1
+        self.text += event.token.text
+        return event.token.text
+
+    async def collect(self, first, events) -> None:
+        if first is not None:
+            self.add(first)
+        async for event in events:
+            self.add(event)
+
+    async def stream(self, first, events):
+        try:
+            yield sse({"type": "start", "notice": self.notice})
+            for event in ([first] if first is not None else []):
+                if text := self.add(event):
+                    yield sse({"type": "delta", "text": text})
+            async for event in events:
+                if text := self.add(event):
+                    yield sse({"type": "delta", "text": text})
+            yield sse({"type": "done", "finish_reason": self.finish_reason, "tokens": self.tokens})
+        except Exception as e:
+            yield sse({"type": "error", "message": translate(e).message})
+        finally:
+            self.save()  # also when the client went away: keep what it was shown
+
+    def save(self) -> None:
+        if self.saved or not self.text:
+            return
+        self.saved = True
+        meta = {"finish_reason": self.finish_reason or "cancelled", "tokens": self.tokens}
+        try:
+            self.store.add_message(self.cid, "assistant", self.text, meta=meta)
+        except Exception:  # e.g. deleted meanwhile; the reply was delivered, so only log it
+            log.exception("could not store the reply in conversation %s", self.cid)
+
+
+@router.post("/plain", include_in_schema=False, response_class=HTMLResponse)
+async def plain(request: Request):
+    """The page's fallback without JavaScript: one question in a form, the answer as plain text."""
+    form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+    keys = request.app.state.options.api_keys
+    given = form.get("key", "").encode()
+    if keys and not sum(hmac.compare_digest(given, key.encode()) for key in keys):
+        return HTMLResponse(_plain_page("", "Wrong or missing API key."), status_code=401)
+    question = form.get("message", "").strip()
+    if not question:
+        return HTMLResponse(_plain_page("", "Type a message first."), status_code=400)
+    store = _store(request)
+    cid = await run_in_threadpool(store.new_conversation, model=request.app.state.served_name)
+    try:
+        body = await _reply(request, cid, None, False, new_message=question)
+    except ApiError as e:
+        return HTMLResponse(_plain_page(question, e.message), status_code=e.status)
+    return HTMLResponse(_plain_page(question, body["message"]["content"]))
+
+
+def _plain_page(question: str, answer: str) -> str:
+    return (
+        "<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+        "<title>Parley</title><body style='font-family:sans-serif;max-width:50rem;margin:1rem auto;padding:0 1rem'>"
+        f"<p><b>You:</b></p><pre style='white-space:pre-wrap'>{html.escape(question)}</pre>"
+        f"<p><b>Parley:</b></p><pre style='white-space:pre-wrap'>{html.escape(answer)}</pre>"
+        "<p><a href='/'>Back</a></p></body>"
+    )

@@ -1,0 +1,288 @@
+"""The OpenAI-compatible routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models.
+
+Request and response shapes follow OpenAI's, so the official clients work unchanged:
+`messages`/`prompt`, `model`, `temperature`, `top_p`, `max_tokens` (or `max_completion_tokens`),
+`stop`, `seed`, `n`, `stream` (+ `stream_options.include_usage`), `logprobs`/`top_logprobs`, and
+`usage` counts. Extensions, as in vLLM: `top_k`, `repetition_penalty`.
+
+Rules: `max_tokens` is capped at the server's `--max-tokens`; an explicit `max_tokens` that does not
+fit beside the prompt, or a prompt over the context window, is a 400 naming both lengths (never a
+silent cut). `n` choices are n sequences seeded seed, seed+1, ... . A `model` other than the served
+one is a 404, as OpenAI does. Unsupported features (tools, images, echo, penalties other than 0)
+are 400s that name the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from parley.engine import SamplingParams
+from parley.serve.api_errors import ApiError, translate
+from parley.serve.scheduler import Event
+from parley.serve.streaming import check_room, first_event, follow, sse, submit
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+MAX_N = 8
+MAX_PROMPTS = 16
+
+
+class _Strict(BaseModel):
+    # strict: "0.5" is not a number and true is not 1; unknown fields are ignored, as OpenAI's are.
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class Sampling(_Strict):
+    """The fields both routes share."""
+
+    model: str = Field("", max_length=512)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=100_000)
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    n: int = Field(1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value):
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("up to 4 non-empty strings")
+        return stops
+
+    def params(self, request: Request, top_logprobs: int, max_tokens: int | None) -> list[SamplingParams]:
+        """One SamplingParams per choice; seeds seed, seed+1, ..."""
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise ApiError(400, f"{name} is not supported: use repetition_penalty", param=name)
+        cap = request.app.state.options.max_tokens
+        base = SamplingParams(
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k or 0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            max_new_tokens=min(max_tokens or cap, cap),
+            stop=list(self.stop or []),
+            top_logprobs=top_logprobs,
+        )
+        seeds = [None if self.seed is None else self.seed + i for i in range(self.n)]
+        return [dataclasses.replace(base, seed=seed, stop=list(base.stop)) for seed in seeds]
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def plain(self) -> dict:
+        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1, max_length=10_000)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list | None = None
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str] = Field(min_length=1)
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1, le=MAX_N)
+
+
+@router.get("/models")
+async def models(request: Request):
+    """The one model this server serves, with its context window."""
+    state = request.app.state
+    return {"object": "list", "data": [{
+        "id": state.served_name, "object": "model", "created": 0, "owned_by": "parley",
+        "max_model_len": state.loaded.context_window,
+    }]}
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request):
+    """Reply to `messages`, rendered with the model's own chat template."""
+    _check_model(request, body.model)
+    if body.tools:
+        raise ApiError(400, "tools are not supported by this server", param="tools")
+    if body.top_logprobs and not body.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    params = body.params(request, body.top_logprobs or 0, max_tokens)
+    messages = [m.plain() for m in body.messages]
+    call = _Call(request, "chat.completion", "chatcmpl-", body.logprobs, body.stream_options)
+    return await call.run([(messages, p) for p in params], body.n, max_tokens, streaming=body.stream)
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request):
+    """Continue `prompt` (a string, or a list of strings: one set of n choices each) as raw text."""
+    _check_model(request, body.model)
+    if body.echo:
+        raise ApiError(400, "echo is not supported by this server", param="echo")
+    if body.suffix:
+        raise ApiError(400, "suffix (fill-in-the-middle) is not supported by this server", param="suffix")
+    if body.best_of not in (None, body.n):
+        raise ApiError(400, "best_of must equal n here (no server-side ranking)", param="best_of")
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if len(prompts) > MAX_PROMPTS or any(not p for p in prompts):
+        raise ApiError(400, f"prompt: give 1 to {MAX_PROMPTS} non-empty strings", param="prompt")
+    params = body.params(request, body.logprobs or 0, body.max_tokens)
+    call = _Call(request, "text_completion", "cmpl-", body.logprobs is not None, body.stream_options)
+    work = [(prompt, p) for prompt in prompts for p in params]
+    return await call.run(work, body.n, body.max_tokens, streaming=body.stream)
+
+
+def _check_model(request: Request, model: str) -> None:
+    served = request.app.state.served_name
+    if model and model != served:
+        raise ApiError(404, f"the model {model!r} does not exist here: this server serves {served!r}",
+                       param="model", code="model_not_found")
+
+
+class _Choice:
+    """What one choice has produced so far."""
+
+    def __init__(self):
+        self.text, self.tokens, self.finish_reason = "", 0, None
+        self.logprobs: list[tuple[str, float, list[tuple[str, float]]]] = []  # (piece, logprob, top)
+
+
+class _Call:
+    """One chat or completion request: queue it, then answer all at once or as a stream."""
+
+    def __init__(self, request: Request, kind: str, prefix: str, logprobs: bool, stream_options):
+        self.request, self.kind, self.logprobs = request, kind, logprobs
+        self.chat = kind == "chat.completion"
+        self.id = prefix + secrets.token_hex(12)
+        self.created = int(time.time())
+        self.model = request.app.state.served_name
+        self.include_usage = bool(stream_options and stream_options.include_usage)
+
+    async def run(self, work, n: int, max_tokens: int | None, streaming: bool):
+        """`work`: (prompt, params) per choice, n choices per prompt."""
+        ticket = await submit(self.request, work, pieces=self.logprobs)
+        if max_tokens is not None:  # what the client asked for, after the server's cap
+            max_tokens = min(max_tokens, self.request.app.state.options.max_tokens)
+        check_room(ticket, max_tokens, self.request.app.state.loaded.context_window)
+        self.prompt_tokens = sum(ticket.prompt_tokens[::n])  # each prompt counted once, as OpenAI does
+        events = follow(ticket, self.request)
+        first = await first_event(ticket, events)
+        choices = [_Choice() for _ in work]
+        if streaming:
+            return StreamingResponse(self._stream(first, events, choices), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            if first is not None:
+                self._add(choices[first.index], first)
+                async for event in events:
+                    self._add(choices[event.index], event)
+        except Exception as e:
+            raise translate(e) from e
+        return {"id": self.id, "object": self.kind, "created": self.created, "model": self.model,
+                "choices": [self._whole(i, c) for i, c in enumerate(choices)], "usage": self._usage(choices)}
+
+    def _add(self, choice: _Choice, event: Event) -> None:
+        if event.token is not None:
+            choice.text += event.token.text
+            choice.tokens += 1
+            if self.logprobs:
+                choice.logprobs.append((event.piece, event.token.logprob, event.token.top))
+        else:
+            choice.finish_reason = event.finish_reason
+
+    def _usage(self, choices: list[_Choice]) -> dict:
+        completion = sum(c.tokens for c in choices)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
+
+    def _whole(self, index: int, choice: _Choice) -> dict:
+        logprobs = self._logprobs(choice.logprobs, 0) if self.logprobs else None
+        if self.chat:
+            return {"index": index, "message": {"role": "assistant", "content": choice.text},
+                    "logprobs": logprobs, "finish_reason": choice.finish_reason}
+        return {"index": index, "text": choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+
+    def _logprobs(self, entries, offset: int) -> dict:
+        if self.chat:
+            return {"content": [
+                {"token": piece, "logprob": lp, "bytes": list(piece.encode()),
+                 "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in top]}
+                for piece, lp, top in entries]}
+        offsets, at = [], offset
+        for piece, _, _ in entries:
+            offsets.append(at)
+            at += len(piece)
+        return {"tokens": [p for p, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
+                "top_logprobs": [dict(top) for _, _, top in entries], "text_offset": offsets}
+
+    async def _stream(self, first: Event | None, events, choices: list[_Choice]):
+        try:
+            if self.chat:
+                for index in range(len(choices)):
+                    yield sse(self._chunk(index, {"role": "assistant", "content": ""}))
+            if first is not None:
+                yield self._event(choices, first)
+            async for event in events:
+                yield self._event(choices, event)
+            if self.include_usage:
+                yield sse({"id": self.id, "object": self._chunk_kind(), "created": self.created,
+                           "model": self.model, "choices": [], "usage": self._usage(choices)})
+        except Exception as e:  # the response has started: report the failure in-band, as OpenAI does
+            error = translate(e)
+            yield sse({"error": {"message": error.message, "type": error.type, "code": error.code}})
+        yield sse("[DONE]")
+
+    def _chunk_kind(self) -> str:
+        return "chat.completion.chunk" if self.chat else "text_completion"
+
+    def _chunk(self, index: int, delta: dict | None = None, text: str = "", logprobs=None, finish=None) -> dict:
+        choice = {"index": index}
+        if self.chat:
+            choice["delta"] = delta or {}
+        else:
+            choice["text"] = text
+        choice.update(logprobs=logprobs, finish_reason=finish)
+        return {"id": self.id, "object": self._chunk_kind(), "created": self.created, "model": self.model,
+                "choices": [choice]}
+
+    def _event(self, choices: list[_Choice], event: Event) -> str:
+        choice = choices[event.index]
+        offset = len(choice.text)
+        self._add(choice, event)
+        if event.token is None:
+            return sse(self._chunk(event.index, finish=event.finish_reason))
+        logprobs = self._logprobs(choice.logprobs[-1:], offset) if self.logprobs else None
+        if not event.token.text and logprobs is None:
+            return ""  # text held back (a partial character or a possible stop string): nothing to send yet
+        delta = {"content": event.token.text}
+        return sse(self._chunk(event.index, delta=delta, text=event.token.text, logprobs=logprobs))

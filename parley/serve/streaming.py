@@ -1,0 +1,99 @@
+"""What the OpenAI routes and the conversation routes share: queueing a generation, following it
+while watching for the client to leave, and server-sent events.
+
+A client that disconnects is noticed while its request waits for the next token (the ASGI server
+delivers `http.disconnect`), and its ticket is cancelled at once, so the scheduler frees its slot
+before the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import AsyncIterator
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from parley.engine import Prompt, SamplingParams
+from parley.serve.api_errors import ApiError, translate
+from parley.serve.scheduler import Event, Ticket
+
+
+async def submit(request: Request, work: list[tuple[Prompt, SamplingParams]], pieces: bool = False) -> Ticket:
+    """Queue `work` (one entry per choice); tokenizing runs off the event loop. Errors become ApiErrors."""
+    state = request.app.state
+    loop = asyncio.get_running_loop()
+    try:
+        return await run_in_threadpool(state.scheduler.submit, work, loop, pieces)
+    except Exception as e:
+        raise translate(e) from e
+
+
+async def first_event(ticket: Ticket, events: AsyncIterator[Event]) -> Event | None:
+    """Wait for the first event, so that a failure is an HTTP error before any response starts."""
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        return None
+    except Exception as e:
+        ticket.cancel()
+        raise translate(e) from e
+
+
+async def follow(ticket: Ticket, request: Request) -> AsyncIterator[Event]:
+    """The ticket's events; ends early, cancelling the ticket, if the client disconnects."""
+    gone = asyncio.ensure_future(_disconnected(request))
+    events = ticket.events()
+    started = time.perf_counter()
+    metrics = request.app.state.metrics
+    first = True
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(events))
+            await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():  # the client left
+                step.cancel()
+                return
+            try:
+                event = step.result()
+            except StopAsyncIteration:
+                return
+            if event.token is not None:
+                if first:
+                    metrics.ttft.observe(time.perf_counter() - started)
+                    first = False
+                metrics.tokens.inc()
+            yield event
+    finally:  # reached also when the server cancels the response because the client left
+        gone.cancel()
+        if ticket.open and not ticket.cancelled:
+            metrics.disconnects.inc()
+        ticket.cancel()  # no-op once every choice has finished; frees the slots otherwise
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def sse(data: dict | str) -> str:
+    """One server-sent event."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def check_room(ticket: Ticket, requested: int | None, window: int) -> None:
+    """A client's explicit max_tokens must fit beside its prompt: say both numbers, never cut silently."""
+    if requested is None:
+        return
+    for prompt_tokens in ticket.prompt_tokens:
+        if prompt_tokens and prompt_tokens + requested > window:
+            ticket.cancel()
+            raise ApiError(
+                400,
+                f"the prompt is {prompt_tokens} tokens and max_tokens asks for {requested} more, but the "
+                f"model's context window is {window}: lower max_tokens to at most {window - prompt_tokens} "
+                "or shorten the prompt",
+                param="max_tokens", code="context_length_exceeded",
+            )

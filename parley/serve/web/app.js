@@ -1,0 +1,320 @@
+// Parley's chat page: conversations, streamed replies rendered as Markdown with highlighted code.
+// Talks to the same server's /v1/conversations routes (see parley/serve/conversations_api.py).
+// No build step: plain browser JavaScript plus the vendored marked, DOMPurify and highlight.js.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const SETTINGS = ["temperature", "top_p", "max_new_tokens", "seed"];
+  const state = { cid: null, busy: false, abort: null, messages: [] };
+
+  // ---- HTTP -------------------------------------------------------------------------------
+  function headers() {
+    const h = { "Content-Type": "application/json" };
+    const key = localStorage.getItem("parley.key");
+    if (key) h.Authorization = "Bearer " + key;
+    return h;
+  }
+
+  async function api(method, path, body) {
+    const response = await fetch(path, { method, headers: headers(), body: body && JSON.stringify(body) });
+    if (!response.ok) throw await failure(response);
+    return response.json();
+  }
+
+  async function failure(response) {
+    let message = response.status + " " + response.statusText;
+    try { message = (await response.json()).error.message; } catch (e) { /* not JSON: keep the status */ }
+    if (response.status === 401) {
+      $("settings").hidden = false;
+      $("api-key").focus();
+    }
+    return new Error(message);
+  }
+
+  // Server-sent events from a POST: fetch's body, split at blank lines.
+  async function* events(response) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) !== -1) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+        if (data) yield JSON.parse(data);
+      }
+    }
+  }
+
+  // ---- Rendering ----------------------------------------------------------------------------
+  function renderMarkdown(element, text) {
+    element.innerHTML = DOMPurify.sanitize(marked.parse(text, { gfm: true, breaks: false }));
+    for (const code of element.querySelectorAll("pre > code")) {
+      hljs.highlightElement(code);
+      const button = document.createElement("button");
+      button.className = "copy";
+      button.type = "button";
+      button.textContent = "Copy";
+      button.addEventListener("click", () => copy(code.textContent, button));
+      code.parentElement.prepend(button);
+    }
+  }
+
+  async function copy(text, button) {
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch (e) { // plain http on another host has no clipboard API: the old way still works
+      const area = document.createElement("textarea");
+      area.value = text;
+      document.body.append(area);
+      area.select();
+      document.execCommand("copy");
+      area.remove();
+    }
+    button.textContent = "Copied";
+    setTimeout(() => (button.textContent = "Copy"), 1500);
+  }
+
+  function addMessage(role, text) {
+    const box = document.createElement("div");
+    box.className = "message " + role;
+    const who = document.createElement("div");
+    who.className = "who";
+    who.textContent = role === "user" ? "You" : "Parley";
+    const body = document.createElement("div");
+    body.className = "body";
+    box.append(who, body);
+    $("messages").append(box);
+    renderMarkdown(body, text);
+    state.messages.push({ role, text, body, box });
+    scrollDown();
+    return state.messages[state.messages.length - 1];
+  }
+
+  function scrollDown() {
+    const list = $("messages");
+    list.scrollTop = list.scrollHeight;
+  }
+
+  function showNotice(text) {
+    $("notice").textContent = text || "";
+    $("notice").hidden = !text;
+  }
+
+  // ---- Conversations ------------------------------------------------------------------------
+  async function loadList() {
+    const { data } = await api("GET", "/v1/conversations?limit=100");
+    const list = $("conversations");
+    list.replaceChildren();
+    for (const c of data) {
+      const item = document.createElement("li");
+      item.dataset.id = c.id;
+      item.className = c.id === state.cid ? "current" : "";
+      const open = document.createElement("button");
+      open.className = "open";
+      open.textContent = c.title || "(untitled)";
+      open.title = c.title;
+      open.addEventListener("click", () => openConversation(c.id));
+      const rename = document.createElement("button");
+      rename.className = "icon rename";
+      rename.title = "Rename";
+      rename.setAttribute("aria-label", "Rename");
+      rename.textContent = "\u270E";
+      rename.addEventListener("click", () => renameConversation(c));
+      const remove = document.createElement("button");
+      remove.className = "icon delete";
+      remove.title = "Delete";
+      remove.setAttribute("aria-label", "Delete");
+      remove.textContent = "\u{1F5D1}";
+      remove.addEventListener("click", () => deleteConversation(c));
+      item.append(open, rename, remove);
+      list.append(item);
+    }
+  }
+
+  async function openConversation(cid) {
+    if (state.busy) stop();
+    const c = await api("GET", "/v1/conversations/" + encodeURIComponent(cid));
+    state.cid = c.id;
+    location.hash = c.id;
+    $("title").textContent = c.title || "Parley";
+    $("system").value = c.system || "";
+    for (const key of SETTINGS) if (key in c.params) $(key).value = c.params[key] ?? "";
+    $("messages").replaceChildren();
+    state.messages = [];
+    for (const m of c.messages) addMessage(m.role, m.content);
+    showNotice("");
+    closeSidebar();
+    await loadList();
+  }
+
+  function newChat() {
+    if (state.busy) stop();
+    state.cid = null;
+    state.messages = [];
+    history.replaceState(null, "", location.pathname);
+    $("title").textContent = "Parley";
+    $("messages").replaceChildren();
+    showNotice("");
+    closeSidebar();
+    loadList().catch(reportError);
+    $("input").focus();
+  }
+
+  async function renameConversation(c) {
+    const title = prompt("Rename conversation", c.title);
+    if (title === null) return;
+    await api("PATCH", "/v1/conversations/" + c.id, { title });
+    if (c.id === state.cid) $("title").textContent = title || "Parley";
+    await loadList();
+  }
+
+  async function deleteConversation(c) {
+    if (!confirm("Delete \u201C" + (c.title || "(untitled)") + "\u201D?")) return;
+    await api("DELETE", "/v1/conversations/" + c.id);
+    if (c.id === state.cid) newChat();
+    else await loadList();
+  }
+
+  // ---- Settings -----------------------------------------------------------------------------
+  function params() {
+    const p = {};
+    for (const key of SETTINGS) {
+      const raw = $(key).value.trim();
+      if (raw !== "") p[key] = key === "seed" || key === "max_new_tokens" ? parseInt(raw, 10) : parseFloat(raw);
+      else if (key === "seed") p.seed = null;
+    }
+    return p;
+  }
+
+  async function saveSystem() {
+    if (state.cid) await api("PATCH", "/v1/conversations/" + state.cid, { system: $("system").value || null });
+  }
+
+  // ---- Sending, streaming, stop, regenerate -------------------------------------------------
+  async function send(text) {
+    if (!state.cid) {
+      const c = await api("POST", "/v1/conversations", { system: $("system").value || null, params: params() });
+      state.cid = c.id;
+      history.replaceState(null, "", "#" + c.id);
+    }
+    addMessage("user", text);
+    await stream("/v1/conversations/" + state.cid + "/messages", { content: text, params: params() });
+  }
+
+  async function regenerate() {
+    if (!state.cid || state.busy) return;
+    while (state.messages.length && state.messages[state.messages.length - 1].role === "assistant") {
+      state.messages.pop().box.remove();
+    }
+    await stream("/v1/conversations/" + state.cid + "/regenerate", { params: params() });
+  }
+
+  async function stream(path, body) {
+    setBusy(true);
+    showNotice("");
+    const reply = addMessage("assistant", "");
+    reply.box.classList.add("streaming");
+    state.abort = new AbortController();
+    let pending = false;
+    const paint = () => {
+      pending = false;
+      renderMarkdown(reply.body, reply.text);
+      scrollDown();
+    };
+    try {
+      const response = await fetch(path, {
+        method: "POST", headers: headers(), body: JSON.stringify(body), signal: state.abort.signal,
+      });
+      if (!response.ok) throw await failure(response);
+      for await (const event of events(response)) {
+        if (event.type === "start" && event.notice) showNotice(event.notice);
+        else if (event.type === "delta") {
+          reply.text += event.text;
+          if (!pending) { pending = true; requestAnimationFrame(paint); }
+        } else if (event.type === "error") throw new Error(event.message);
+        else if (event.type === "done" && event.finish_reason === "length") showNotice("The reply reached its length limit.");
+      }
+    } catch (e) {
+      if (e.name !== "AbortError") reportError(e);
+    } finally {
+      paint();
+      reply.box.classList.remove("streaming");
+      if (!reply.text) { reply.box.remove(); state.messages.pop(); }
+      state.abort = null;
+      setBusy(false);
+      loadList().catch(reportError);
+    }
+  }
+
+  function stop() {
+    if (state.abort) state.abort.abort();
+  }
+
+  function setBusy(busy) {
+    state.busy = busy;
+    $("send").hidden = busy;
+    $("stop").hidden = !busy;
+    $("regenerate").disabled = busy;
+  }
+
+  function reportError(e) {
+    showNotice("Error: " + e.message);
+  }
+
+  // ---- Narrow windows: the conversation list slides over the chat -----------------------------
+  function closeSidebar() {
+    document.body.classList.remove("sidebar-open");
+    $("scrim").hidden = true;
+  }
+
+  function start() {
+    marked.use({ gfm: true });
+    $("fallback").hidden = true;
+    $("app").hidden = false;
+    $("api-key").value = localStorage.getItem("parley.key") || "";
+    $("api-key").addEventListener("change", () => {
+      localStorage.setItem("parley.key", $("api-key").value.trim());
+      boot().catch(reportError);
+    });
+    $("new-chat").addEventListener("click", newChat);
+    $("toggle-settings").addEventListener("click", () => ($("settings").hidden = !$("settings").hidden));
+    $("toggle-sidebar").addEventListener("click", () => {
+      document.body.classList.add("sidebar-open");
+      $("scrim").hidden = false;
+    });
+    $("scrim").addEventListener("click", closeSidebar);
+    $("system").addEventListener("change", () => saveSystem().catch(reportError));
+    $("stop").addEventListener("click", stop);
+    $("regenerate").addEventListener("click", () => regenerate().catch(reportError));
+    $("composer").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const text = $("input").value.trim();
+      if (!text || state.busy) return;
+      $("input").value = "";
+      send(text).catch(reportError);
+    });
+    $("input").addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        $("composer").requestSubmit();
+      }
+    });
+    boot().catch(reportError);
+  }
+
+  async function boot() {
+    const models = await api("GET", "/v1/models");
+    $("model").textContent = models.data[0].id;
+    await loadList();
+    const cid = decodeURIComponent(location.hash.slice(1));
+    if (cid) await openConversation(cid).catch(() => newChat());
+  }
+
+  start();
+})();
