@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml Makefile
 
 install: system-deps $(STAMP)
 
-# Debian packages: bubblewrap isolates generated code in `parley eval code` and the chat's /run.
+# Debian packages: bubblewrap isolates generated code in `parley eval code` and the chat's /run;
+# chromium runs the web page's browser test (driven by Playwright, never a downloaded browser).
 # Idempotent; apt-get update runs only when something is missing.
 system-deps:
 	@command -v bwrap >/dev/null || { apt-get update -q && apt-get install -y -q bubblewrap; }
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
 
 chat: install
 	$(BIN)/parley chat
