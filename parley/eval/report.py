@@ -88,7 +88,7 @@ def _example_sections(results: dict) -> list[str]:
     examples = results.get("examples") or []
     if not examples:
         return []
-    lines = ["", f"## Examples ({min(len(examples), EXAMPLES_SHOWN)} of {len(examples)})"]
+    lines = ["", "## Examples", "", "The first few replies beside their references (every reply is in the JSON)."]
     for example in examples[:EXAMPLES_SHOWN]:
         lines += ["", f"**Context:** {_quote(example.get('context', ''))}", ""]
         lines += ["| reference | generated |", "|---|---|"]
@@ -193,3 +193,10 @@ def show_comparison(before: str | Path, after: str | Path, chart: str | Path | N
 
 def _label(results: dict, path: str | Path) -> str:
     return str(results.get("model") or Path(path).name.split(".")[0])
+
+
+def default_out(kind: str, model: str) -> Path:
+    """eval-results/<kind>-<model>-<UTC time>.json under the current directory."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.strip("/")).strip("-.")[-60:]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("eval-results") / f"{kind}-{slug or 'model'}-{stamp}.json"

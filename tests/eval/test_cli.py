@@ -1,0 +1,65 @@
+"""`parley eval perplexity|dialogue|code --model` end to end, with a tiny model saved to a directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny_models import tiny_llama
+from typer.testing import CliRunner
+
+from parley.cli import app
+from parley.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, embedded_tokenizer):
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_llama(embedded_tokenizer).save_pretrained(path)
+    embedded_tokenizer.save_pretrained(path)
+    return path
+
+
+def run(*args: str) -> dict:
+    result = CliRunner().invoke(app, ["eval", *args])
+    assert result.exit_code == 0, result.output
+    assert "results:" in result.output
+    return result
+
+
+def test_perplexity_command(model_dir, tmp_path):
+    (tmp_path / "held_out.py").write_text("def f(x):\n    return x * 2\n" * 20)
+    out = tmp_path / "ppl.json"
+    run("perplexity", "--model", str(model_dir), "--source", str(tmp_path / "held_out.py"),
+        "--window", "32", "--stride", "16", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert results["kind"] == "perplexity" and results["details"]["windows"] > 1
+    # A random model over a 49k vocabulary is close to uniform: perplexity near the vocabulary size.
+    assert 10_000 < results["metrics"]["perplexity"] < 200_000
+    assert "| bits_per_byte |" in out.with_suffix(".md").read_text()
+
+
+def test_dialogue_command(model_dir, tmp_path):
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+        for q, a in [("Hi", "Hello!"), ("Bye", "Goodbye.")]
+    ))
+    out = tmp_path / "dia.json"
+    run("dialogue", "--model", str(model_dir), "--source", f"chat:{chats}", "--split", "all",
+        "--max-new-tokens", "4", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert results["details"]["conversations"] == 2 and "sacrebleu_signature" in results["details"]
+
+
+def test_code_command_generates_then_scores(model_dir, tmp_path):
+    out = tmp_path / "code.json"
+    run("code", "--model", str(model_dir), "--limit", "2", "--max-new-tokens", "4", "--k", "1",
+        "--style", "completion", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert results["details"]["samples"] == 2 and (tmp_path / "code.samples.jsonl").exists()
+
+
+def test_code_command_needs_exactly_one_of_samples_or_model(tmp_path):
+    result = CliRunner().invoke(app, ["eval", "code"])
+    assert isinstance(result.exception, ConfigError) and "exactly one of --samples" in str(result.exception)
