@@ -76,6 +76,103 @@ def history(
         show_history(limit)
 
 
+data_app = typer.Typer(help="Prepare training data and look at it: prepare, stats, show.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+SOURCES_HELP = """Source specs: [FORMAT:]LOCATION[,KEY=VALUE...], or a built-in set.
+
+\b
+Built-in, offline: chatterbot, python-stdlib (code files),
+  python-stdlib-pairs (documented functions as requests and answers)
+No FORMAT: a directory is code (git ls-files, else .gitignore honoured);
+  a file goes by extension (.jsonl .json .csv .tsv .parquet,
+  .txt Persona-Chat, .yml chatterbot) and by its first record's keys
+FORMAT: chat messages sharegpt personachat table
+  code stack codesearchnet pairs hf
+KEYS: prompt= response= system= (columns; a+b joins two),
+  langs=python+go max_kb=N (code), split= config= (hf), lang= (chatterbot)
+
+\b
+e.g. --source chat:dialogs.jsonl --source chatterbot
+     --source table:qa.csv,prompt=question,response=answer
+     --source code:~/src/proj,langs=python --source hf:NAME,split=train
+"""
+
+
+@data_app.command("prepare", epilog=SOURCES_HELP)
+def data_prepare(
+    source: list[str] = typer.Option(..., "--source", "-s", help="A source spec (repeatable); see below."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write (HF datasets + manifest.json)."),
+    model: str = ModelOption,
+    max_len: int = typer.Option(0, help="Longest example in tokens; 0 = the model's context window (at most 2048)."),
+    val_ratio: float = typer.Option(0.05, help="Share of records in the validation split (chosen by content hash)."),
+    pack: bool = typer.Option(False, help="Concatenate short examples up to --max-len."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave malformed records out instead of stopping."),
+    overwrite: bool = typer.Option(False, help="Replace --out if it is not empty."),
+) -> None:
+    """Tokenize sources with the model's chat template; the loss falls only on the assistant's replies."""
+    from parley.data.prepare import PrepareConfig, prepare_for_model
+
+    config = PrepareConfig(max_len=max_len, val_ratio=val_ratio, pack=pack, skip_bad=skip_bad, overwrite=overwrite)
+    manifest = prepare_for_model(source, out, model, config, progress=lambda m: print(m, file=sys.stderr))
+    splits = manifest["splits"]
+    print(f"{out}: train {splits['train']['examples']:,} examples ({splits['train']['tokens']:,} tokens), "
+          f"validation {splits['validation']['examples']:,} ({splits['validation']['tokens']:,} tokens)")
+    if manifest["bad_skipped"]:
+        print(f"skipped {manifest['bad_skipped']} bad records, e.g. {manifest['bad_examples'][0]}")
+    dropped = manifest["length_changes"]["too_long"]
+    if dropped:
+        print(f"dropped {dropped} records longer than {manifest['settings']['max_len']} tokens even after dropping turns")
+
+
+@data_app.command("stats")
+def data_stats(directory: Path = typer.Argument(..., help="A `parley data prepare` output directory.")) -> None:
+    """Counts, tokens per example (histogram), and the share of tokens that carry loss."""
+    from parley.data.view import print_stats
+
+    print_stats(directory)
+
+
+@data_app.command("show")
+def data_show(
+    directory: Path = typer.Argument(..., help="A `parley data prepare` output directory."),
+    index: int = typer.Argument(0, help="Which example (0-based)."),
+    split: str = typer.Option("train", help="train or validation."),
+) -> None:
+    """Show one example as the model sees it: context dimmed, learned tokens highlighted."""
+    from parley.data.view import show
+
+    show(directory, index, split)
+
+
+tokenizer_app = typer.Typer(help="Train a tokenizer that keeps code's whitespace exactly.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@tokenizer_app.command("train", epilog=SOURCES_HELP)
+def tokenizer_train(
+    source: list[str] = typer.Option(["python-stdlib", "chatterbot"], "--source", "-s", help="Source specs, as for `data prepare`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for tokenizer.json and the transformers files."),
+    vocab_size: int = typer.Option(16000, help="Vocabulary size, special tokens and the 256 bytes included."),
+    min_frequency: int = typer.Option(2, help="A pair must occur this often to be merged."),
+    held_out: float = typer.Option(0.02, help="Share of records kept out, for bytes/token and the round-trip check."),
+    compare: str = typer.Option("smollm2", help="Model whose tokenizer to compare bytes/token with ('' = none)."),
+) -> None:
+    """Train byte-level BPE on code and text; report bytes/token and check decode(encode(x)) == x."""
+    import json
+
+    from parley.tokenizer_train import TokenizerTrainConfig, train_and_report
+
+    config = TokenizerTrainConfig(vocab_size=vocab_size, min_frequency=min_frequency, held_out=held_out)
+    config.check()
+    reference = None
+    if compare:
+        from parley import models
+
+        reference = models.load(compare, device="cpu").tokenizer
+    print(json.dumps(train_and_report(source, out, config, reference, compare), indent=1))
+
+
 eval_app = typer.Typer(help="Measure a model: pass@k by running code, perplexity, dialogue BLEU/ROUGE.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
@@ -201,6 +298,42 @@ def eval_compare(
     from parley.eval.report import show_comparison
 
     show_comparison(before, after, chart)
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A TOML config (see --help-config); defaults otherwise."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key: --set max_steps=100 --set lora.r=16 (repeatable)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this RUN_DIR from its newest checkpoint."),
+    help_config: bool = typer.Option(False, "--help-config", help="List every config key with its default and meaning."),
+) -> None:
+    """Fine-tune a model (full or LoRA) on prepared data or raw sources; scale out with `accelerate launch`."""
+    from parley.train.config import describe, load_config
+    from parley.train.loop import resume as resume_run
+    from parley.train.loop import start
+
+    if help_config:
+        print(describe(), end="")
+        return
+    if resume is not None:
+        if config is not None:
+            raise typer.BadParameter("--resume continues a run with its saved config; use --set to change a key", param_hint="--config")
+        final = resume_run(resume, set_)
+    else:
+        final = start(load_config(config, set_))
+    print(final)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory (or its final/ directory, or any LoRA adapter dir)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write the merged model to."),
+    merge_lora: bool = typer.Option(False, "--merge-lora", help="Fold the LoRA adapter into the base weights."),
+) -> None:
+    """Write a run's model as a standalone save_pretrained directory (transformers, vLLM, GGUF converters)."""
+    from parley.train.export import export as export_model
+
+    print(export_model(run_dir, out, merge_lora=merge_lora))
 
 
 @app.command()

@@ -140,9 +140,12 @@ def tree_files(root: Path, skipped: Counter) -> Iterator[str]:
     """Relative paths of the files under `root` that are not ignored, vendored or hidden, sorted."""
     listed = _git_files(root)
     candidates = listed if listed is not None else _walk(root)
+    virtualenv: dict[str, bool] = {}
     for rel in candidates:
         parts = rel.split("/")
-        if any(p.startswith(".") for p in parts) or any(p in VENDORED_DIRS for p in parts[:-1]):
+        dirs = ["/".join(parts[: i + 1]) for i in range(len(parts) - 1)]
+        in_venv = any(virtualenv.setdefault(d, (root / d / "pyvenv.cfg").is_file()) for d in dirs)
+        if in_venv or any(p.startswith(".") for p in parts) or any(p in VENDORED_DIRS for p in parts[:-1]):
             skipped["vendored_or_hidden"] += 1
             continue
         if (root / rel).is_file() and not (root / rel).is_symlink():

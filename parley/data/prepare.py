@@ -85,13 +85,8 @@ def prepare(
 ) -> dict:
     """Tokenize every source into `out` (see the module docstring); returns the manifest."""
     config = config or PrepareConfig()
-    config.check()
-    if not specs:
-        raise ConfigError("no --source given; e.g. --source chatterbot or --source chat:FILE.jsonl")
-    sources = [parse(spec) for spec in specs]
+    sources = check_inputs(specs, out, config)
     out = Path(out)
-    if _occupied(out) and not config.overwrite:
-        raise DataError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
     max_len = config.max_len or min(context_window, 2048)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -108,6 +103,19 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def check_inputs(specs: list[str], out: Path, config: PrepareConfig) -> list[Source]:
+    """The parsed sources, once every cheap check has passed (settings, specs, files exist, `out` free)."""
+    config.check()
+    if not specs:
+        raise ConfigError("no --source given; e.g. --source chatterbot or --source chat:FILE.jsonl")
+    sources = [parse(spec) for spec in specs]
+    for source in sources:
+        source.check()
+    if _occupied(Path(out)) and not config.overwrite:
+        raise DataError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+    return sources
 
 
 def tokenizer_info(tokenizer) -> dict:
@@ -168,7 +176,9 @@ def _build(sources: list[Source], tmp: Path, tokenizer, template, config: Prepar
 
     splits = {s: datasets.Dataset.from_file(str(w.path)) for s, w in writers.items()}
     datasets.disable_progress_bars()
-    datasets.DatasetDict(splits).save_to_disk(str(tmp))
+    # An empty split saved with datasets' default of 0 shards cannot be loaded again: give it one.
+    empty = {s: 1 for s, w in writers.items() if not w.examples}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp), num_shards=empty)
     del splits
     shutil.rmtree(raw)
 
@@ -287,3 +297,13 @@ def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
         if out.is_dir():
             out.rmdir()
         os.replace(tmp, out)
+
+
+def prepare_for_model(specs: list[str], out: Path, model: str, config: PrepareConfig, progress=lambda m: None) -> dict:
+    """`prepare` with the tokenizer, chat template and context window of a model spec (`models.load`)."""
+    from parley import models
+
+    check_inputs(specs, out, config)  # seconds before the model would have loaded
+    loaded = models.load(model, device="cpu")
+    return prepare(specs, out, loaded.tokenizer, loaded.template, config, model=model,
+                   context_window=loaded.context_window, progress=progress)

@@ -55,6 +55,13 @@ class Source:
     options: dict[str, str] = field(default_factory=dict)
     skipped: Counter = field(default_factory=Counter)  # reason → count, filled while reading
 
+    def check(self) -> None:
+        """Fail now, before any model is loaded, if the location plainly cannot be read."""
+        if self.format in BUILTINS or self.format == "hf" or code_files._is_url(self.location):
+            return
+        if not Path(self.location).expanduser().exists():
+            raise DataError(f"{self.location}: no such file or directory")
+
     def read(self) -> Iterator[Record | Bad]:
         self.skipped.clear()
         found = 0
@@ -171,6 +178,8 @@ def _layout(src: Source, first, columns, source: str) -> str:
         return "pairs"
     detected = chat_formats.detect(sample) or code_formats.detect(sample)
     keys = ", ".join(map(str, sample.keys())) if isinstance(sample, dict) else type(sample).__name__
+    if detected is None and columns is not None:  # a table: say which columns it lacks
+        raise DataError(f"{source}: {Columns().missing(columns)}")
     if detected is None:
         raise DataError(
             f"{source}: unknown record layout (keys: {keys}); expected messages, conversations, "

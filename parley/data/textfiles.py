@@ -158,6 +158,7 @@ class _Scanner:
     def array(self) -> Iterator[tuple[int, object]]:
         self.take("[")
         if self.peek() == "]":
+            self._advance(self.pos + 1)
             return
         while True:
             yield self.value()

@@ -1,0 +1,153 @@
+"""`parley data stats DIR` and `parley data show DIR [N]`: what a prepared dataset will teach.
+
+    stats   per split: examples, records, tokens, the share of tokens that carry loss, and a histogram
+            of tokens per example; per source: records, bad, skipped by reason (from manifest.json)
+    show    example N (0-based) decoded with the dataset's own tokenizer.json: the context the loss
+            skips is dimmed, the tokens the model learns are highlighted
+
+Only the dataset directory is read; no model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from parley.data.tokenize import IGNORE
+from parley.errors import DataError
+
+MASKED_STYLE = "dim"
+LEARNED_STYLE = "bold green"
+BUCKETS = 10  # histogram rows
+
+
+def open_prepared(directory: Path):
+    """(DatasetDict, manifest) of a `parley data prepare` output; DataError if it is not one."""
+    import datasets
+
+    directory = Path(directory)
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        raise DataError(f"{directory}: not a prepared dataset (no manifest.json); make one with `parley data prepare`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        data = datasets.load_from_disk(str(directory))
+    except (OSError, ValueError, FileNotFoundError) as e:
+        raise DataError(f"{directory}: unreadable prepared dataset ({str(e).splitlines()[0]}); prepare it again") from e
+    return data, manifest
+
+
+def stats(directory: Path) -> dict:
+    """Counts and length histograms, computed from the Arrow columns (fast on millions of rows)."""
+    import pyarrow.compute as pc
+
+    data, manifest = open_prepared(directory)
+    splits = {}
+    for name, split in data.items():
+        table = split.data.table
+        lengths = pc.list_value_length(table.column("input_ids")).to_pylist()
+        labels = pc.list_flatten(table.column("labels"))
+        loss = int(pc.sum(pc.not_equal(labels, IGNORE)).as_py() or 0)
+        tokens = sum(lengths)
+        splits[name] = {
+            "examples": len(lengths),
+            "records": manifest.get("splits", {}).get(name, {}).get("records", len(lengths)),
+            "tokens": tokens,
+            "loss_tokens": loss,
+            "loss_share": round(loss / tokens, 4) if tokens else 0.0,
+            "tokens_per_example": _summary(lengths),
+            "histogram": _histogram(lengths, manifest.get("settings", {}).get("max_len") or max(lengths, default=1)),
+        }
+    return {"dir": str(directory), "splits": splits, "sources": manifest.get("sources", []),
+            "length_changes": manifest.get("length_changes", {}), "tokenizer": manifest.get("tokenizer", {})}
+
+
+def print_stats(directory: Path, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    report = stats(directory)
+    table = Table(title=f"{directory}", show_edge=False)
+    for column in ("split", "examples", "records", "tokens", "learned", "share", "min/med/max"):
+        table.add_column(column, justify="right" if column != "split" else "left")
+    for name, s in report["splits"].items():
+        t = s["tokens_per_example"]
+        table.add_row(name, f"{s['examples']:,}", f"{s['records']:,}", f"{s['tokens']:,}", f"{s['loss_tokens']:,}",
+                      f"{s['loss_share']:.1%}", f"{t['min']}/{t['median']}/{t['max']}")
+    console.print(table)
+    for name, s in report["splits"].items():
+        console.print(f"\n[bold]{name}[/]: tokens per example")
+        peak = max((n for _, _, n in s["histogram"]), default=0) or 1
+        for low, high, n in s["histogram"]:
+            bar = "█" * round(30 * n / peak)
+            console.print(f"  {low:>6}-{high:<6} {bar} {n}")
+    console.print()
+    for source in report["sources"]:
+        skipped = ", ".join(f"{k} {v}" for k, v in source.get("skipped", {}).items())
+        console.print(f"{source['spec']}: {source['records']:,} records, {source['bad']} bad"
+                      + (f"; skipped: {skipped}" if skipped else ""))
+    changes = {k: v for k, v in report["length_changes"].items() if v}
+    if changes:
+        console.print("length: " + ", ".join(f"{k} {v}" for k, v in changes.items()))
+
+
+def render_example(input_ids: list[int], labels: list[int], tokenizer):
+    """A rich Text of the decoded example: masked runs dimmed, learned runs highlighted."""
+    from rich.text import Text
+
+    text = Text()
+    for ids, learned in _runs(input_ids, labels):
+        text.append(tokenizer.decode(ids, skip_special_tokens=False), style=LEARNED_STYLE if learned else MASKED_STYLE)
+    return text
+
+
+def show(directory: Path, index: int = 0, split: str = "train", console=None) -> None:
+    from rich.console import Console
+    from tokenizers import Tokenizer
+
+    console = console or Console()
+    data, _ = open_prepared(directory)
+    if split not in data:
+        raise DataError(f"{directory}: no split {split!r}; it has {', '.join(data)}")
+    rows = data[split]
+    if not 0 <= index < len(rows):
+        raise DataError(f"{directory}: example {index} is out of range; {split} has {len(rows)} (0 to {len(rows) - 1})")
+    tokenizer = Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
+    row = rows[index]
+    learned = sum(1 for label in row["labels"] if label != IGNORE)
+    console.print(f"[bold]{split}[{index}][/] from {row['source']}: {len(row['input_ids'])} tokens, "
+                  f"[{LEARNED_STYLE}]{learned} learned[/], [{MASKED_STYLE}]{len(row['input_ids']) - learned} context[/]")
+    console.print(render_example(row["input_ids"], row["labels"], tokenizer), highlight=False, soft_wrap=True)
+
+
+def _runs(input_ids: list[int], labels: list[int]):
+    """Consecutive (ids, learned) runs."""
+    run: list[int] = []
+    state = None
+    for token, label in zip(input_ids, labels):
+        learned = label != IGNORE
+        if run and learned != state:
+            yield run, state
+            run = []
+        run.append(token)
+        state = learned
+    if run:
+        yield run, state
+
+
+def _summary(lengths: list[int]) -> dict:
+    if not lengths:
+        return {"min": 0, "median": 0, "mean": 0, "max": 0}
+    ordered = sorted(lengths)
+    return {"min": ordered[0], "median": ordered[len(ordered) // 2], "mean": round(sum(ordered) / len(ordered), 1), "max": ordered[-1]}
+
+
+def _histogram(lengths: list[int], top: int) -> list[tuple[int, int, int]]:
+    """(low, high, count) over BUCKETS equal ranges of 1..top."""
+    top = max(top, max(lengths, default=1))
+    width = max(1, -(-top // BUCKETS))
+    counts = [0] * (-(-top // width))
+    for n in lengths:
+        counts[min(len(counts) - 1, max(0, n - 1) // width)] += 1
+    return [(i * width + 1, (i + 1) * width, c) for i, c in enumerate(counts)]
