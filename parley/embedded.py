@@ -98,7 +98,9 @@ def _build(target: Path, progress) -> None:
     # Deferred: transformers takes seconds to import and is not needed on the cached path check.
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils.logging import disable_progress_bar
 
+    disable_progress_bar()  # our one progress line says what is happening
     source = gguf_path()
     progress(f"converting the embedded model {source.name} once (about 20 s); later starts take ~1 s")
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)

@@ -12,6 +12,8 @@ import os
 
 import pytest
 
+from tiny_models import tiny_gpt2, tiny_llama
+
 os.environ["HF_HUB_OFFLINE"] = "1"  # never the network, whatever the caller's environment says
 
 
@@ -48,34 +50,6 @@ def embedded_model(embedded_dir):
     from parley import models
 
     return models.load("smollm2")
-
-
-def tiny_llama(tokenizer, seed: int = 0, **overrides):
-    """A random-initialised Llama-style model over `tokenizer`'s vocabulary, small enough for tests."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, **overrides,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def tiny_gpt2(tokenizer, seed: int = 0, **overrides):
-    """A random-initialised GPT-2-architecture model over `tokenizer`'s vocabulary."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=256,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, **overrides,
-    )
-    return GPT2LMHeadModel(config).eval()
 
 
 @pytest.fixture

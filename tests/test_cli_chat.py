@@ -1,0 +1,151 @@
+"""`parley chat` and `parley history` as a user runs them: real subprocesses, a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tiny_models import tiny_llama
+
+PARLEY = str(Path(sys.executable).with_name("parley"))
+# A fresh prompt: prompt_toolkit draws "you>" and moves the cursor; its redraw of an accepted line
+# reads "you> TEXT", so this pattern matches only the prompt that waits for the next input.
+PROMPT = re.compile(r"you>\x1b\[")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, embedded_tokenizer):
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_llama(embedded_tokenizer).save_pretrained(path)
+    embedded_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def run(*args, input=None, env=None):
+    return subprocess.run([PARLEY, *args], capture_output=True, text=True, input=input, env=env or os.environ, timeout=300)
+
+
+def spawn(*args) -> pexpect.spawn:
+    # pexpect is a terminal that never answers cursor-position requests; say so instead of making
+    # prompt_toolkit wait for one.
+    env = dict(os.environ, TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1")
+    child = pexpect.spawn(PARLEY, list(args), env=env, encoding="utf-8", dimensions=(50, 120), timeout=240)
+    child.expect(PROMPT)
+    return child
+
+
+def say(child: pexpect.spawn, text: str) -> str:
+    """Send one line and return everything printed until the next prompt, without terminal codes."""
+    child.sendline(text)
+    child.expect(PROMPT)
+    return ANSI.sub("", child.before)
+
+
+def test_one_shot_prints_plain_text_and_is_stored(tiny_dir):
+    result = run("chat", "--model", tiny_dir, "-p", "hello there", "--seed", "3", "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() and "\x1b" not in result.stdout
+    history = run("history")
+    assert "hello there" in history.stdout
+
+
+def test_piped_stdin_answers_once(tiny_dir):
+    result = run("chat", "--model", tiny_dir, "--max-new-tokens", "4", "--seed", "1", input="a question on stdin\n")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "no-such/model", "-p", "hi"], "not in the local Hugging Face cache"),
+        (["-p", "   "], "the prompt is empty"),
+        (["--temperature", "-1", "-p", "hi"], "temperature=-1.0 is out of range"),
+        (["--model", "/no/such/dir", "-p", "hi"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(args, message):
+    result = run("chat", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_overlong_input_is_cut_with_a_notice(tiny_dir):
+    # The tiny model's window is 256 tokens; this question is far longer, so its start is cut.
+    long = "filler words " * 400 + "the real question?"
+    result = run("chat", "--model", tiny_dir, "-p", long, "--max-new-tokens", "4", "--temperature", "0")
+    assert result.returncode == 0, result.stderr
+    assert "context full: cut" in result.stderr
+
+
+def test_unwritable_home_is_one_line(tmp_path, tiny_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = dict(os.environ, PARLEY_HOME=str(blocker / "home"))
+    result = run("chat", "--model", tiny_dir, "-p", "hi", env=env)
+    assert result.returncode == 2 and "PARLEY_HOME" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_slash_commands_and_errors_keep_the_session(tmp_path, tiny_dir):
+    child = spawn("chat", "--model", tiny_dir, "--temperature", "0", "--max-new-tokens", "6")
+    assert "/params" in say(child, "/help")
+    assert "unknown command /bogus" in say(child, "/bogus")
+    assert "not a valid float" in say(child, "/params temperature=warm")
+    assert "temperature=0.0" in say(child, "/params")
+    assert "max_new_tokens=5" in say(child, "/params max_new_tokens=5")
+    say(child, "/system You are a pirate.")
+    say(child, "first question")
+    say(child, "second question")
+    table = say(child, "/history")
+    assert "first question" in table and "second question" in table
+
+    saved = tmp_path / "chat.json"
+    assert "saved" in say(child, f"/save {saved}")
+    data = json.loads(saved.read_text())
+    assert data["system"] == "You are a pirate."
+    assert [m["role"] for m in data["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert data["params"]["max_new_tokens"] == 5
+
+    assert "new conversation" in say(child, "/reset")
+    assert "no messages yet" in say(child, "/history")
+    assert "loaded 4 messages" in say(child, f"/load {saved}")
+    assert "first question" in say(child, "/history")
+    assert "cannot read" in say(child, f"/load {tmp_path / 'missing.json'}")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+
+
+@pytest.mark.slow
+def test_real_model_remembers_forgets_and_resumes():
+    """Turn 2 needs turn 1; after /reset it is gone; --resume brings it back. Ctrl-C stops only the reply."""
+    child = spawn("chat", "--temperature", "0", "--max-new-tokens", "60")
+    say(child, "Hi, my name is Zorblax. Please remember it.")
+    assert "Zorblax" in say(child, "What is my name?")
+
+    child.sendline("Write a very long essay about the history of computing.")
+    child.expect_exact("computer", timeout=120)  # the reply has started streaming
+    child.sendcontrol("c")
+    child.expect_exact("(stopped)")
+    child.expect(PROMPT)
+
+    say(child, "/reset")
+    assert "Zorblax" not in say(child, "What is my name?")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+
+    listing = run("history").stdout
+    first = next(line for line in listing.splitlines() if "Hi, my name is" in line)
+    conversation_id = re.search(r"\b[0-9a-f]{8}\b", first).group(0)
+    resumed = spawn("chat", "--resume", conversation_id, "--temperature", "0", "--max-new-tokens", "60")
+    assert "Zorblax" in say(resumed, "What is my name?")
+    resumed.sendline("/quit")
+    resumed.expect(pexpect.EOF)

@@ -1,0 +1,120 @@
+"""The generation engine on tiny random Llama and GPT-2 models: streaming, seeds, stops, logprobs, batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from parley.engine import Batch, Engine, SamplingParams
+from parley.errors import ConfigError, ContextError
+
+CHAT = [{"role": "user", "content": "Write a haiku about tensors."}]
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def engine(request, llama_loaded, gpt2_loaded):
+    return Engine(llama_loaded if request.param == "llama" else gpt2_loaded)
+
+
+def test_streaming_equals_generate(engine):
+    params = SamplingParams(temperature=0.9, top_p=0.95, max_new_tokens=40, seed=7)
+    streamed = "".join(t.text for t in engine.stream(CHAT, params))
+    assert streamed == engine.generate(CHAT, params)
+    assert streamed  # a random model over a 49k vocabulary says something
+
+
+def test_same_seed_same_text_other_seed_other_text(engine):
+    def run(seed):
+        return engine.generate(CHAT, SamplingParams(temperature=1.0, max_new_tokens=30, seed=seed))
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_greedy_matches_transformers_generate(engine, penalty):
+    ids = engine.prompt_ids(CHAT)
+    params = SamplingParams(temperature=0, max_new_tokens=20, repetition_penalty=penalty)
+    ours = [t.id for t in engine.stream(CHAT, params)]
+    model = engine.loaded.model
+    reference = model.generate(
+        torch.tensor([ids]), max_new_tokens=20, do_sample=False, repetition_penalty=penalty,
+        eos_token_id=engine.loaded.stop_ids, pad_token_id=engine.loaded.tokenizer.pad_token_id,
+    )[0, len(ids):].tolist()
+    assert ours[: len(reference)] == reference[: len(ours)]
+
+
+def test_logprobs_are_the_models(engine):
+    params = SamplingParams(temperature=0, max_new_tokens=8, top_logprobs=3)
+    tokens = list(engine.stream(CHAT, params))
+    ids = engine.prompt_ids(CHAT) + [t.id for t in tokens]
+    with torch.no_grad():
+        logits = engine.loaded.model(torch.tensor([ids])).logits[0].float()
+    expected = torch.log_softmax(logits, dim=-1)
+    start = len(ids) - len(tokens) - 1
+    for offset, token in enumerate(tokens):
+        assert token.logprob == pytest.approx(float(expected[start + offset, token.id]), abs=1e-4)
+        assert len(token.top) == 3
+        assert token.top[0][1] == pytest.approx(token.logprob, abs=1e-4)  # greedy picks the best
+        assert token.top[0][1] >= token.top[1][1] >= token.top[2][1]
+
+
+def test_stop_string_ends_the_reply_and_is_never_shown(engine):
+    full = engine.generate(CHAT, SamplingParams(temperature=0, max_new_tokens=40))
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    assert len(stop) == 3
+    params = SamplingParams(temperature=0, max_new_tokens=40, stop=[stop])
+    tokens = list(engine.stream(CHAT, params))
+    text = "".join(t.text for t in tokens)
+    assert text == full[: full.index(stop)]
+    assert stop not in text
+
+
+def test_length_limit(engine):
+    tokens = list(engine.stream("Once upon a time", SamplingParams(temperature=1.0, max_new_tokens=5, seed=0)))
+    assert len(tokens) <= 5
+
+
+def test_raw_prompt_is_used_as_is(engine):
+    assert engine.prompt_ids("plain text") == engine.loaded.tokenizer("plain text")["input_ids"]
+
+
+def test_prompt_longer_than_context_is_refused(engine):
+    long = "word " * (engine.loaded.context_window + 10)
+    with pytest.raises(ContextError, match="context window"):
+        engine.generate(long, SamplingParams(max_new_tokens=4))
+
+
+def test_batched_decoding_equals_one_at_a_time(engine):
+    """Sequences of different lengths join, decode together, and leave as they finish."""
+    prompts = ["Hi", [{"role": "user", "content": "A much longer question about many things at once?"}], "Tell me"]
+    lengths = [6, 12, 9]
+    singles = [
+        engine.generate(p, SamplingParams(temperature=0, max_new_tokens=n)) for p, n in zip(prompts, lengths)
+    ]
+    batch = Batch(engine)
+    seqs = [engine.start(p, SamplingParams(temperature=0, max_new_tokens=n)) for p, n in zip(prompts, lengths)]
+    texts = {}
+    for seq in seqs[:2]:  # the third joins mid-flight
+        texts[id(seq)] = batch.add(seq).text
+    steps = 0
+    while batch.seqs:
+        for seq, token in zip(list(batch.seqs), batch.step()):
+            texts[id(seq)] += token.text
+        for seq in [s for s in batch.seqs if s.done]:
+            batch.remove(seq)
+        steps += 1
+        if steps == 2:
+            texts[id(seqs[2])] = batch.add(seqs[2]).text
+    assert [texts[id(s)] for s in seqs] == singles
+
+
+def test_sampling_params_from_strings():
+    params = SamplingParams().updated(temperature="0.2", max_new_tokens="64", stop="END,###", seed="none")
+    assert (params.temperature, params.max_new_tokens, params.stop, params.seed) == (0.2, 64, ["END", "###"], None)
+    with pytest.raises(ConfigError, match="unknown parameter 'temp'"):
+        SamplingParams().updated(temp="1")
+    with pytest.raises(ConfigError, match="not a valid float"):
+        SamplingParams().updated(temperature="hot")
+    with pytest.raises(ConfigError, match="top_p=1.5 is out of range"):
+        SamplingParams().updated(top_p=1.5)
