@@ -1,0 +1,462 @@
+"""The training loop of `parley train`, on accelerate: one process, or many under `accelerate launch`.
+
+    final = start(load_config("train.toml", ["max_steps=100"]))    # a new run; returns RUN_DIR/final
+    final = resume(Path("runs/x"))                                  # continue a run from its newest checkpoint
+
+What a step does: this process's micro-batches of the step (see batches.py) run forward and backward,
+each micro-batch's summed token loss divided by the global batch's count of learned tokens (times the
+process count, which DDP's gradient averaging divides back out) — so the gradient is the mean over
+every learned token of the global batch, whatever the split over processes and accumulation. Then
+clip, AdamW, scheduler. NaN/inf in the loss or gradient norm stops the run before the update, naming
+the step; the last checkpoint stays the last good one.
+
+Exact resume: the model (or adapter) weights, AdamW moments, scheduler, every process's RNG states
+and the TrainState (step, tokens, best validation loss, evaluations without improvement) are in each
+checkpoint; the data position is the step itself. A resumed run's final weights equal an
+uninterrupted run's.
+
+Limits: the optimizer is AdamW; FSDP and DeepSpeed come from the accelerate config, untested here
+beyond 2-process DDP on CPU (gloo).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from parley.errors import ConfigError, ParleyError
+from parley.train import checkpoint, dataset
+from parley.train.batches import IGNORE, Plan, collate, learned_tokens
+from parley.train.config import TrainConfig, apply_overrides, from_dict, to_dict
+from parley.train.monitor import Monitor, Speed, truncate_metrics
+
+CONFIG_FILE = "config.json"
+FINAL = "final"
+
+
+class TrainingDiverged(ParleyError):
+    """The loss or the gradient became NaN or infinite."""
+
+
+class OutOfMemory(ParleyError):
+    """A step did not fit in memory; the message says what to change."""
+
+
+@dataclass
+class TrainState:
+    """What the loop itself must remember across a resume (saved in every checkpoint)."""
+
+    step: int = 0  # optimizer steps done
+    tokens: int = 0  # tokens trained on (padding excluded)
+    best_val: float = math.inf  # lowest validation loss so far
+    best_step: int = 0
+    stale_evals: int = 0  # evaluations since the last improvement (early stopping)
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def start(config: TrainConfig) -> Path:
+    """Begin a new run in config.out_dir; refuses a directory that already holds one."""
+    config.check()
+    run_dir = Path(config.out_dir).expanduser()
+    if (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(
+            f"out_dir {run_dir} already holds a run: continue it with `parley train --resume {run_dir}`, "
+            f"or choose another directory (--set out_dir=...)"
+        )
+    dataset.preflight(config.data.sources)
+    return _run(config, resuming=False)
+
+
+def resume(run_dir: Path, overrides: list[str] = ()) -> Path:
+    """Continue the run in `run_dir` from its newest complete checkpoint (or from the start)."""
+    run_dir = Path(run_dir).expanduser()
+    saved = run_dir / CONFIG_FILE
+    if not saved.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (it has no {CONFIG_FILE}); start one with `parley train --config`")
+    config = from_dict(json.loads(saved.read_text()))
+    apply_overrides(config, list(overrides))
+    config.out_dir = str(run_dir)
+    config.check()
+    dataset.preflight(config.data.sources)
+    return _run(config, resuming=True)
+
+
+def _run(config: TrainConfig, resuming: bool) -> Path:
+    import torch
+    from accelerate.utils import set_seed
+
+    from parley import models
+
+    # Tied input/output embeddings are checkpointed once; accelerate warns about that on every save.
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+    accelerator = _accelerator(config)
+    run_dir = Path(config.out_dir).expanduser()
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.clean_leftovers(run_dir)
+    accelerator.wait_for_everyone()
+
+    set_seed(config.seed)  # the adapter's initial weights: the same on every process and every attempt
+    with accelerator.main_process_first():  # the first use of the embedded model converts it, once
+        loaded = models.load(config.model, device="cpu", dtype="float32")
+    seq2seq = bool(getattr(loaded.model.config, "is_encoder_decoder", False))
+    max_len = config.data.max_len or loaded.context_window
+    say = _say(accelerator)
+    data = dataset.open_data(
+        config.data.sources, run_dir, loaded.tokenizer, loaded.template, accelerator,
+        max_len=config.data.max_len, val_ratio=config.data.val_ratio, pack=config.data.pack,
+        context_window=loaded.context_window, seq2seq=seq2seq, say=say,
+    )
+    if data.template != loaded.template:
+        say("training with the chat template the data was prepared with (not the model's own); RUN_DIR/final carries it")
+    world = accelerator.num_processes
+    plan = Plan(
+        sizes=tuple(data.sizes), weights=tuple(config.data.weights or [1.0] * len(data.sizes)), seed=config.seed,
+        global_batch=config.batch_size * config.grad_accum * world, batch_size=config.batch_size,
+    )
+    if plan.steps_per_epoch == 0:
+        raise ConfigError(
+            f"the global batch (batch_size x grad_accum x processes = {plan.global_batch} rows) is larger than "
+            f"an epoch of training data ({plan.epoch_rows} rows): lower batch_size or grad_accum, or add data"
+        )
+    total = config.max_steps or max(1, math.ceil(config.epochs * plan.steps_per_epoch))
+
+    model = _trainable(loaded.model, config, seq2seq)
+    decoder_inputs = getattr(loaded.model, "prepare_decoder_input_ids_from_labels", None) if seq2seq else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=config.optim.lr, betas=(config.optim.beta1, config.optim.beta2),
+        eps=config.optim.eps, weight_decay=config.optim.weight_decay,
+    )
+    scheduler = _scheduler(optimizer, config, total)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = TrainState()
+    accelerator.register_for_checkpointing(scheduler, state)
+    if config.method == "lora":
+        accelerator.register_save_state_pre_hook(_keep_trainable_weights)
+
+    resumed_from = checkpoint.latest(run_dir) if resuming else None
+    if resumed_from is not None:
+        checkpoint.load(accelerator, resumed_from, strict=config.method == "full")
+        say(f"resumed from {resumed_from} (step {state.step} of {total})")
+    else:
+        set_seed(config.seed + accelerator.process_index)  # dropout differs per process
+    if accelerator.is_main_process:
+        checkpoint.write_atomic(run_dir / CONFIG_FILE, (json.dumps(to_dict(config), indent=1) + "\n").encode())
+        truncate_metrics(run_dir / "metrics.jsonl", state.step)
+    accelerator.wait_for_everyone()
+
+    accelerator.init_trackers("parley", config=_flat(to_dict(config)))
+    monitor = Monitor(accelerator, run_dir, total, state.step, progress=config.log.progress)
+    rows = _RowStats(data.train, seq2seq, max_len)
+    trainer = _Steps(accelerator, model, optimizer, scheduler, data, plan, rows, config, seq2seq, max_len,
+                     loaded.tokenizer.pad_token_id, decoder_inputs)
+    try:
+        _loop(trainer, state, total, config, monitor, run_dir)
+        final = _save_final(accelerator, model, loaded, data.template, config, run_dir, monitor)
+    finally:
+        monitor.close()
+        accelerator.end_training()
+        if accelerator.num_processes == 1:  # let a later run in this process choose other settings (precision)
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
+    return final
+
+
+def _loop(trainer: _Steps, state: TrainState, total: int, config: TrainConfig, monitor: Monitor, run_dir: Path) -> None:
+    speed = Speed()
+    eval_every = config.eval.every
+    save_every = config.checkpoint.every or eval_every
+    last_saved = -1
+    while state.step < total:
+        loss, grad_norm, tokens = trainer.step(state.step)
+        state.step += 1
+        state.tokens += tokens
+        rate = speed.tick(tokens)
+        lr = trainer.scheduler.get_last_lr()[0]
+        if state.step % config.log.every == 0 or state.step == total:
+            monitor.log({"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                         "tokens_per_s": round(rate, 1), "tokens": state.tokens, "time": round(time.time(), 3)})
+        monitor.advance(state.step, loss, lr, rate)
+
+        val_loss, stop = None, False
+        if (eval_every and state.step % eval_every == 0) or state.step == total:
+            val_loss = trainer.evaluate()
+            stop = _record_eval(val_loss, state, config, monitor)
+        improved = val_loss is not None and state.best_step == state.step
+        if (save_every and state.step % save_every == 0) or state.step == total or stop or (improved and config.checkpoint.keep_best):
+            checkpoint.save(trainer.accelerator, run_dir, state.step, val_loss, config.checkpoint.keep_last, config.checkpoint.keep_best)
+            last_saved = state.step
+        if val_loss is not None or last_saved == state.step:
+            speed.restart()
+        if stop:
+            monitor.say(f"early stopping at step {state.step}: no improvement over {state.best_val:.4f} "
+                        f"(step {state.best_step}) in {config.eval.patience} evaluations")
+            break
+    if config.checkpoint.final == "best" and (best := checkpoint.best(run_dir)) is not None:
+        checkpoint.load(trainer.accelerator, best, strict=config.method == "full")
+        monitor.say(f"RUN_DIR/final holds the best checkpoint, {best.name}")
+
+
+def _record_eval(val_loss: float | None, state: TrainState, config: TrainConfig, monitor: Monitor) -> bool:
+    """Log an evaluation and update early stopping; True when the run should stop."""
+    if val_loss is None:
+        return False
+    ppl = math.exp(min(val_loss, 50))
+    monitor.log({"step": state.step, "val_loss": val_loss, "val_ppl": ppl})
+    monitor.plot()
+    monitor.say(f"step {state.step}: validation loss {val_loss:.4f}, perplexity {ppl:.2f}")
+    if val_loss < state.best_val - config.eval.min_delta:
+        state.best_val, state.best_step, state.stale_evals = val_loss, state.step, 0
+        return False
+    state.stale_evals += 1
+    return bool(config.eval.patience) and state.stale_evals >= config.eval.patience
+
+
+class _RowStats:
+    """Length and learned-token count of every training row, computed once (a column scan)."""
+
+    def __init__(self, train, seq2seq: bool, max_len: int):
+        def stats(batch):
+            return {
+                "n": [min(len(x), max_len) for x in batch["input_ids"]],
+                "learned": [learned_tokens({"labels": y}, seq2seq, max_len) for y in batch["labels"]],
+            }
+
+        table = train.map(stats, batched=True, remove_columns=train.column_names, keep_in_memory=True)
+        self.length = table["n"]
+        self.learned = table["learned"]
+
+
+class _Steps:
+    """One optimizer step and one evaluation, on this process's share of the data."""
+
+    def __init__(self, accelerator, model, optimizer, scheduler, data, plan, rows, config, seq2seq, max_len, pad_id, decoder_inputs):
+        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
+        self.data, self.plan, self.rows, self.config = data, plan, rows, config
+        self.seq2seq, self.max_len, self.pad_id, self.decoder_inputs = seq2seq, max_len, pad_id, decoder_inputs
+
+    def step(self, step: int) -> tuple[float, float, int]:
+        """Train step `step` (0-based); returns (mean loss per learned token, gradient norm, tokens)."""
+        import torch
+
+        acc, world = self.accelerator, self.accelerator.num_processes
+        rows = self.plan.step_rows(step)
+        learned = max(1, sum(self.rows.learned[i] for i in rows))
+        micro = self.plan.micro_batches(step, acc.process_index, world)
+        self.model.train()
+        total = torch.zeros((), device=acc.device)
+        try:
+            for k, indices in enumerate(micro):
+                batch = self._batch(indices)
+                with nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model):
+                    loss_sum = self._loss_sum(batch)
+                    acc.backward(loss_sum * (world / learned))
+                total += loss_sum.detach()
+            loss = float(acc.reduce(total, "sum")) / learned
+            clip = self.config.optim.grad_clip or math.inf
+            grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), clip))
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if _is_oom(e):
+                raise OutOfMemory(_oom_advice(self.config, step + 1, self.max_len)) from e
+            raise
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
+            raise TrainingDiverged(
+                f"training stopped at step {step + 1}: the {what}. The last good checkpoint is kept; lower "
+                f"optim.lr, raise optim.warmup_steps, keep optim.grad_clip on, or use precision=fp32, then "
+                f"continue with `parley train --resume {self.config.out_dir}`"
+            )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm, sum(self.rows.length[i] for i in rows)
+
+    def evaluate(self) -> float | None:
+        """Mean validation loss per learned token over every process, or None without validation data."""
+        import torch
+
+        val = self.data.val
+        if val is None:
+            return None
+        acc, world, size = self.accelerator, self.accelerator.num_processes, self.config.batch_size
+        n = min(len(val), self.config.data.val_rows or len(val))
+        mine = list(range(acc.process_index, n, world))
+        # Every process runs the same number of forwards (FSDP needs it); a short one repeats row 0 at weight 0.
+        count = math.ceil(math.ceil(n / world) / size)
+        totals = torch.zeros(2, device=acc.device)  # (loss sum, learned tokens)
+        self.model.eval()
+        with torch.no_grad():
+            for b in range(count):
+                indices = mine[b * size : (b + 1) * size]
+                weight = 1.0 if indices else 0.0
+                batch = collate([val[i] for i in (indices or [0])], self.pad_id, self.seq2seq, self.max_len)
+                batch = {k: v.to(acc.device) for k, v in batch.items()}
+                totals[0] += weight * self._loss_sum(batch)
+                totals[1] += weight * _count_learned(batch["labels"], self.seq2seq)
+        self.model.train()
+        totals = acc.reduce(totals, "sum")
+        return float(totals[0] / totals[1]) if totals[1] > 0 else None
+
+    def _batch(self, indices: list[int]) -> dict:
+        columns = self.data.train[indices]
+        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+        batch = collate(rows, self.pad_id, self.seq2seq, self.max_len)
+        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+
+    def _loss_sum(self, batch: dict):
+        """Summed cross-entropy over the learned tokens of `batch` (fp32 logits)."""
+        import torch.nn.functional as F
+
+        if self.seq2seq:
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             decoder_input_ids=self.decoder_inputs(labels=batch["labels"]), use_cache=False)
+            logits, targets = out.logits, batch["labels"]  # (B, T_reply, V), (B, T_reply)
+        else:
+            extra = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **extra)
+            logits, targets = out.logits[:, :-1], batch["labels"][:, 1:]  # token t predicts t+1
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+def _count_learned(labels, seq2seq: bool):
+    return (labels != IGNORE).sum() if seq2seq else (labels[:, 1:] != IGNORE).sum()
+
+
+def _trainable(model, config: TrainConfig, seq2seq: bool):
+    """The model ready to train: LoRA-wrapped when lora.r > 0, checkpointed when asked."""
+    model.train()
+    model.config.use_cache = False
+    if config.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so it works under LoRA too.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.method == "full":
+        return model
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = config.lora.target_modules
+    lora = LoraConfig(
+        r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+        target_modules=("all-linear" if targets == ["all-linear"] else targets) or None,
+        task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM,
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:  # peft: target modules not found in the model
+        raise ConfigError(f"lora.target_modules = {targets}: {str(e).splitlines()[0]}") from None
+
+
+def _scheduler(optimizer, config: TrainConfig, total: int):
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.optim.schedule]
+    return get_scheduler(name, optimizer, num_warmup_steps=config.optim.warmup_steps, num_training_steps=total)
+
+
+def _accelerator(config: TrainConfig):
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = 'cuda': no CUDA GPU is visible to PyTorch; use device=cpu or auto")
+    cpu = config.device == "cpu" or not torch.cuda.is_available()  # cpu=True also selects gloo for CPU-only DDP
+    run_dir = Path(config.out_dir).expanduser()
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision="bf16" if config.precision == "bf16" else "no",
+        log_with=config.log.trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+    )
+
+
+def _keep_trainable_weights(models, weights, output_dir) -> None:
+    """accelerate save hook for LoRA: checkpoint the adapter weights only, not the frozen base."""
+    for model, state in zip(models, weights):
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        for key in [k for k in state if k not in trainable]:
+            del state[key]
+
+
+def _save_final(accelerator, model, loaded, template: str, config: TrainConfig, run_dir: Path, monitor: Monitor) -> Path:
+    """RUN_DIR/final: a save_pretrained directory (full model or LoRA adapter) with tokenizer and template."""
+    state_dict = accelerator.get_state_dict(model)  # every process: FSDP gathers the shards here
+    final = run_dir / FINAL
+    if accelerator.is_main_process:
+        tmp = run_dir / f".tmp-{FINAL}"
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+        if config.method == "lora":
+            _point_adapter_at_base(tmp, config.model)
+        tokenizer = loaded.tokenizer
+        tokenizer.chat_template = template
+        tokenizer.save_pretrained(str(tmp))
+        checkpoint.replace_dir(tmp, final)
+        monitor.say(f"saved {final}")
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _point_adapter_at_base(adapter_dir: Path, spec: str) -> None:
+    """Name the base as the user did (`smollm2`, a hub id, or an absolute dir), so `parley chat` finds it."""
+    path = Path(spec).expanduser()
+    base = str(path.resolve()) if path.exists() else spec
+    config_file = adapter_dir / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = base
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _is_oom(error: Exception) -> bool:
+    import torch
+
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _oom_advice(config: TrainConfig, step: int, max_len: int) -> str:
+    advice = [f"lower batch_size (now {config.batch_size}) and raise grad_accum to keep the global batch"]
+    if not config.gradient_checkpointing:
+        advice.append("set gradient_checkpointing=true")
+    if config.method == "full":
+        advice.append("train LoRA adapters instead of every weight (lora.r=16)")
+    import torch
+
+    if config.precision == "fp32" and config.device != "cpu" and torch.cuda.is_available():
+        advice.append("use precision=bf16")
+    advice.append(f"lower data.max_len (now {config.data.max_len or max_len} tokens)")
+    return f"out of memory at step {step}: " + "; ".join(advice)
+
+
+def _say(accelerator):
+    def say(text: str) -> None:
+        if accelerator.is_main_process:
+            import sys
+
+            print(text, file=sys.stderr, flush=True)
+
+    return say
+
+
+def _flat(table: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
