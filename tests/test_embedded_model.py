@@ -21,8 +21,8 @@ def test_capital_of_france(embedded_model):
 
 def test_writes_a_python_function_that_parses(embedded_model):
     reply = Engine(embedded_model).generate(
-        [{"role": "user", "content": "Write a Python function that checks whether a number is prime."}],
-        SamplingParams(temperature=0, max_new_tokens=200),
+        [{"role": "user", "content": "Write a Python function that checks if a number is prime."}],
+        SamplingParams(temperature=0, max_new_tokens=300),
     )
     blocks = re.findall(r"```(?:python)?\n(.*?)```", reply, re.S)
     assert blocks, reply
