@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.parley-installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: system-deps install chat test test-fast bench clean-venv
+
+.PHONY: system-deps test-deps install chat test test-fast bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,21 +18,25 @@ $(STAMP): pyproject.toml Makefile
 
 install: system-deps $(STAMP)
 
-# Debian packages: bubblewrap isolates generated code in `parley eval code` and the chat's /run;
-# chromium runs the web page's browser test (driven by Playwright, never a downloaded browser).
-# Idempotent; apt-get update runs only when something is missing.
+# Debian packages, installed only when missing (apt-get update runs only then). bubblewrap isolates
+# generated code (`parley eval code`, the chat's /run); without it those refuse to run code, but
+# chat still works, so a failed install only warns. chromium runs the web page's browser test
+# (driven by Playwright, never a downloaded browser build).
+APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 system-deps:
-	@command -v bwrap >/dev/null || { apt-get update -q && apt-get install -y -q bubblewrap; }
-	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+	@command -v bwrap >/dev/null || { $(APT) update -q && $(APT) install -y -q bubblewrap; } \
+	  || echo "warning: could not install bubblewrap; code execution (eval code, /run) will refuse to run"
+test-deps:
+	@command -v chromium >/dev/null || { $(APT) update -q && $(APT) install -y -q chromium; }
 
 chat: install
 	$(BIN)/parley chat
 
-test: install
+test: install test-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 # Everything except the tests that load the real embedded model.
-test-fast: install
+test-fast: install test-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
