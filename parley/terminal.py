@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from parley.errors import ConfigError, ParleyError
 from parley.store import Store
 
 CODE_THEME = "monokai"
+CODE_BLOCK = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.S)
 HELP = """\
 [bold]Commands[/bold]
   /help               this help
@@ -38,6 +40,7 @@ HELP = """\
   /save FILE          write this conversation to a JSON file
   /load FILE          continue a conversation saved with /save (or a JSON list of messages)
   /history            this conversation's turns, with their token counts and what no longer fits
+  /run                run the last Python code block of the assistant's replies in the sandbox
   /quit               leave (Ctrl-D works too)
 [bold]Keys[/bold]  Enter sends · Esc then Enter (or Alt+Enter) adds a line · Ctrl-C stops a reply"""
 
@@ -239,6 +242,8 @@ def _command(session: ChatSession, console: Console, line: str) -> str | None:
         console.print(f"[dim]loaded {len(session.messages)} messages from {arg} as conversation {session.id}[/dim]")
     elif name == "/history":
         _show_turns(session, console)
+    elif name == "/run":
+        _run_last_code(session, console)
     else:
         raise ConfigError(f"unknown command {name}: /help lists the commands")
     return None
@@ -287,6 +292,36 @@ def _load(session: ChatSession, path: str) -> None:
     if messages and messages[0]["role"] == "system":
         system, messages = messages[0]["content"], messages[1:]
     session.load(messages, system)
+
+
+def last_python_block(messages: list[dict]) -> str | None:
+    """The last fenced code block in the assistant's replies, if it is Python (or unlabelled)."""
+    for message in reversed(messages):
+        if message["role"] != "assistant":
+            continue
+        blocks = CODE_BLOCK.findall(message["content"])
+        if blocks:
+            language, code = blocks[-1]
+            if language.lower() not in ("", "python", "py", "python3"):
+                raise ConfigError(f"/run runs Python; the last code block is {language}")
+            return code
+    return None
+
+
+def _run_last_code(session: ChatSession, console: Console) -> None:
+    from rich.panel import Panel
+
+    from parley.eval.sandbox import run_python
+
+    code = last_python_block(session.messages)
+    if code is None:
+        raise ConfigError("/run found no code block in the assistant's replies")
+    with console.status("running in the sandbox…"):
+        result = run_python(code, timeout=10, memory_mb=1024)
+    style = {"passed": "green", "timed_out": "yellow"}.get(result.status, "red")
+    output = (result.stdout + result.stderr).rstrip() or "(no output)"
+    title = f"{result.status} in {result.seconds:.1f}s" + (f" · {result.message}" if result.message else "")
+    console.print(Panel(output, title=title, border_style=style, title_align="left"))
 
 
 def _show_turns(session: ChatSession, console: Console) -> None:

@@ -120,6 +120,14 @@ def test_slash_commands_and_errors_keep_the_session(tmp_path, tiny_dir):
     assert "loaded 4 messages" in say(child, f"/load {saved}")
     assert "first question" in say(child, "/history")
     assert "cannot read" in say(child, f"/load {tmp_path / 'missing.json'}")
+    assert "no code block" in say(child, "/run")
+
+    code_chat = tmp_path / "code.json"
+    reply = "Here you go:\n```python\nimport os\nprint(6 * 7, os.getcwd())\n```\n"
+    code_chat.write_text(json.dumps([{"role": "user", "content": "code?"}, {"role": "assistant", "content": reply}]))
+    say(child, f"/load {code_chat}")
+    ran = say(child, "/run")
+    assert "passed" in ran and "42 /sandbox" in ran  # it ran inside the sandbox's own directory
     child.sendline("/quit")
     child.expect(pexpect.EOF)
 
