@@ -12,7 +12,8 @@ Output (a Hugging Face `datasets` DatasetDict, `datasets.load_from_disk(out)`):
     tokenizer.json        the tokenizer used, so `parley data show` decodes without loading the model
 
 Records stream through: memory stays flat however large the sources (only the batch being tokenized,
-one output batch per split, and digests of kept code files are held). The validation split takes
+one output batch per split, and digests of kept code files are held), and each split's Arrow file
+is written once, in place (the JSON beside it is what `save_to_disk` would write). The validation split takes
 records by content hash, so it is stable across runs and identical records land in the same split.
 
 Bad records: by default every source is read to the end and, if any record is malformed, nothing is
@@ -40,8 +41,12 @@ from parley.templates import fingerprint
 
 FORMAT = 1  # bump when the layout on disk changes
 SPLITS = ("train", "validation")
+SHARD = "data-00000-of-00001.arrow"  # one Arrow stream file per split, named as save_to_disk names it
 SHOWN_BAD = 10  # malformed records listed in the error
-WRITE_ROWS = 1000  # examples per Arrow record batch
+# Bounds on what is held at once, so memory stays flat whatever the corpus: Python lists of ints cost
+# ~36 bytes a token, and the Rust tokenizer's encodings about as much again.
+WRITE_TOKENS = 1 << 18  # tokens buffered per split before an Arrow record batch is written
+BATCH_CHARS = 1 << 20  # characters of text tokenized per call (besides `batch` records)
 
 
 @dataclass
@@ -134,54 +139,29 @@ def in_validation(record: Record, ratio: float) -> bool:
 
 
 def _build(sources: list[Source], tmp: Path, tokenizer, template, config: PrepareConfig, max_len: int, progress) -> dict:
-    import datasets
-
     encoder = Encoder(tokenizer, template, max_len)
-    raw = tmp / ".raw"
-    raw.mkdir()
-    writers = {s: _SplitWriter(raw / f"{s}.arrow", max_len if config.pack else 0) for s in SPLITS}
+    writers = {s: _SplitWriter(tmp / s / SHARD, max_len if config.pack else 0) for s in SPLITS}
     bad: list[str] = []
     counts = []
     for source in sources:
         count = _SourceCount(source.spec)
         counts.append(count)
-        batch: list[Record] = []
-        for item in source.read():
-            if isinstance(item, Bad):
-                count.bad += 1
-                if len(bad) < SHOWN_BAD:
-                    bad.append(str(item))
-                continue
-            count.records += 1
-            if sum(c.bad for c in counts) and not config.skip_bad:
-                continue  # a failed run: only check the rest, so the error can give the full count
-            batch.append(item)
-            if len(batch) >= config.batch:
-                _encode(batch, encoder, writers, config.val_ratio, count, bad)
-                batch = []
-        _encode(batch, encoder, writers, config.val_ratio, count, bad)
-        count.skipped = dict(sorted(source.skipped.items()))
+        failed = any(c.bad for c in counts[:-1]) and not config.skip_bad
+        _read_source(source, count, encoder, writers, config, bad, failed)
         progress(f"{source.spec}: {count.records} records" + (f", {count.bad} bad" if count.bad else ""))
 
+    for writer in writers.values():
+        writer.close()
     total_bad = sum(c.bad for c in counts)
     if total_bad and not config.skip_bad:
         shown = "\n".join(f"  {line}" for line in bad)
         more = f"\n  ... and {total_bad - len(bad)} more" if total_bad > len(bad) else ""
         raise DataError(f"{total_bad} bad record{'s' * (total_bad > 1)}; fix them or pass --skip-bad to leave them out:\n{shown}{more}")
-    for writer in writers.values():
-        writer.close()
     if not writers["train"].examples and not writers["validation"].examples:
         raise DataError(f"nothing to train on: all {sum(c.records for c in counts)} records were dropped "
                         f"({encoder.counts['too_long']} longer than --max-len {max_len} even after dropping turns)")
 
-    splits = {s: datasets.Dataset.from_file(str(w.path)) for s, w in writers.items()}
-    datasets.disable_progress_bars()
-    # An empty split saved with datasets' default of 0 shards cannot be loaded again: give it one.
-    empty = {s: 1 for s, w in writers.items() if not w.examples}
-    datasets.DatasetDict(splits).save_to_disk(str(tmp), num_shards=empty)
-    del splits
-    shutil.rmtree(raw)
-
+    _describe(tmp, writers)
     digest = hashlib.sha256()
     for s in SPLITS:
         digest.update(writers[s].digest.digest())
@@ -195,6 +175,54 @@ def _build(sources: list[Source], tmp: Path, tokenizer, template, config: Prepar
         "length_changes": {k: encoder.counts[k] for k in ("fitted", "dropped_turns", "truncated", "too_long")},
         "content_hash": digest.hexdigest(),
     }
+
+
+def _describe(tmp: Path, writers: dict) -> None:
+    """The JSON files that make `tmp` a `save_to_disk` DatasetDict around the Arrow files as written.
+
+    Written here rather than by `save_to_disk`, which would copy every row once more and, reading
+    through a memory map, hold the whole dataset's pages in the process's resident memory."""
+    import datasets
+
+    for name, writer in writers.items():
+        info = datasets.Dataset.from_file(str(writer.path)).info  # the features, from the schema's metadata
+        state = {
+            "_data_files": [{"filename": writer.path.name}], "_fingerprint": writer.digest.hexdigest()[:16],
+            "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
+            "_split": name,
+        }
+        (writer.path.parent / "state.json").write_text(json.dumps(state, indent=2))
+        (writer.path.parent / "dataset_info.json").write_text(json.dumps(asdict(info), indent=2, sort_keys=True))
+    (tmp / "dataset_dict.json").write_text(json.dumps({"splits": list(writers)}))
+    loaded = datasets.load_from_disk(str(tmp))  # checks the layout against this version of datasets
+    for name, writer in writers.items():
+        if len(loaded[name]) != writer.examples:
+            raise DataError(f"{tmp}: the {name} split reads back {len(loaded[name])} rows, not {writer.examples}")
+
+
+def _read_source(source: Source, count: _SourceCount, encoder, writers, config: PrepareConfig, bad: list[str], failed: bool) -> None:
+    """Read one source to the end, tokenizing in bounded batches; after the first bad record of a
+    run that will fail, only check the rest, so the error can give the full count."""
+    batch: list[Record] = []
+    chars = 0
+    for item in source.read():
+        if isinstance(item, Bad):
+            count.bad += 1
+            if len(bad) < SHOWN_BAD:
+                bad.append(str(item))
+            failed = failed or not config.skip_bad
+            continue
+        count.records += 1
+        if failed:
+            continue
+        batch.append(item)
+        chars += sum(len(m["content"]) for m in item.messages)
+        if len(batch) >= config.batch or chars >= BATCH_CHARS:
+            _encode(batch, encoder, writers, config.val_ratio, count, bad)
+            batch, chars = [], 0
+    if not failed:
+        _encode(batch, encoder, writers, config.val_ratio, count, bad)
+    count.skipped = dict(sorted(source.skipped.items()))
 
 
 def _encode(batch: list[Record], encoder: Encoder, writers: dict, val_ratio: float, count: _SourceCount, bad: list[str]) -> None:
@@ -233,10 +261,12 @@ class _SplitWriter:
         columns["source"] = datasets.Value("string")
         self.schema = datasets.Features(columns).arrow_schema
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.sink = pa.OSFile(str(path), "wb")
         self.writer = pa.ipc.new_stream(self.sink, self.schema)
         self.packer = Packer(pack_len) if pack_len else None
         self.rows: list[Example] = []
+        self.buffered = 0  # tokens in self.rows
         self.records = self.examples = self.tokens = self.loss_tokens = 0
         self.digest = hashlib.sha256()
 
@@ -246,11 +276,12 @@ class _SplitWriter:
 
     def _row(self, example: Example) -> None:
         self.rows.append(example)
+        self.buffered += len(example.input_ids)
         self.examples += 1
         self.tokens += len(example.input_ids)
         self.loss_tokens += sum(1 for label in example.labels if label != IGNORE)
         self.digest.update(array("i", example.input_ids).tobytes() + b"|" + array("i", example.labels).tobytes())
-        if len(self.rows) >= WRITE_ROWS:
+        if self.buffered >= WRITE_TOKENS:
             self._flush()
 
     def _flush(self) -> None:
@@ -267,12 +298,17 @@ class _SplitWriter:
             data["position_ids"] = [r.position_ids for r in self.rows]
         self.writer.write_batch(pa.RecordBatch.from_pydict(data, schema=self.schema))
         self.rows = []
+        self.buffered = 0
 
     def close(self) -> None:
         if self.packer:
             for done in self.packer.flush():
                 self._row(done)
         self._flush()
+        if not self.examples:  # datasets cannot load a split without a record batch: write an empty one
+            import pyarrow as pa
+
+            self.writer.write_batch(pa.RecordBatch.from_pylist([], schema=self.schema))
         self.writer.close()
         self.sink.close()
 

@@ -85,7 +85,7 @@ def hub_rows(name: str, config: str | None = None, split: str = "train") -> Iter
 
     datasets.disable_progress_bars()
     try:
-        if Path(name).is_dir() and (Path(name) / "dataset_info.json").is_file() or _is_saved_dict(name):
+        if (Path(name) / "dataset_info.json").is_file() or _is_saved_dict(name):  # a save_to_disk directory
             loaded = datasets.load_from_disk(name)
             dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         else:

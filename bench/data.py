@@ -1,0 +1,175 @@
+"""Benchmark: `parley data prepare` throughput and memory, beside a plain `datasets.map` in the same run.
+
+    .venv/bin/python bench/data.py [--copies 8] [--no-memory]
+
+With the embedded model's tokenizer (SmolLM2, loaded alone from the model cache):
+
+- code: prepare on the built-in `python-stdlib` source (walk, filters, tokenize, chunk to 2048, split,
+  write) vs the named baseline: the same kept files' texts in memory → `Dataset.from_dict` →
+  `.map(tokenizer, batched=True)` → `save_to_disk` (no filters, no chunking, no split).
+- chat: prepare on `python-stdlib-pairs` + `chatterbot` (template rendering per assistant turn and
+  the label mask) vs the baseline `.map` that renders each conversation with `apply_chat_template`
+  and tokenizes it, with no mask.
+- memory: peak RSS of prepare in a fresh process on a corpus of the stdlib copied `--copies` times
+  (each file given a unique first line, so none is dropped as a duplicate) beside the same on one
+  copy: streaming means the two should be close. The tokenizer alone is in memory, not the model.
+
+Prints one JSON object; progress goes to stderr. Timings are wall-clock on a shared machine: compare
+the two columns of one run, not runs with each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from parley.data.prepare import PrepareConfig, prepare
+from parley.data.records import Bad
+from parley.data.sources import parse
+
+CHILD = """
+import json, resource, sys
+from pathlib import Path
+from transformers import AutoTokenizer
+from parley.data.prepare import PrepareConfig, prepare
+from parley.templates import template_for
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+manifest = prepare([sys.argv[2]], Path(sys.argv[3]), tokenizer, template_for(tokenizer), PrepareConfig(max_len=2048))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024, "records": manifest["records"],
+                  "tokens": sum(s["tokens"] for s in manifest["splits"].values())}))
+"""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def embedded_tokenizer():
+    from transformers import AutoTokenizer
+
+    from parley import embedded
+    from parley.templates import template_for
+
+    path = embedded.ensure_cached(progress=log)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return path, tokenizer, template_for(tokenizer)
+
+
+def records_of(specs: list[str]):
+    return [r for spec in specs for r in parse(spec).read() if not isinstance(r, Bad)]
+
+
+def time_prepare(specs, tokenizer, template, tmp: Path) -> dict:
+    started = time.perf_counter()
+    manifest = prepare(specs, tmp / "parley", tokenizer, template, PrepareConfig(max_len=2048, overwrite=True))
+    seconds = time.perf_counter() - started
+    tokens = sum(s["tokens"] for s in manifest["splits"].values())
+    return {"seconds": round(seconds, 2), "records": manifest["records"], "tokens": tokens,
+            "records_per_s": round(manifest["records"] / seconds, 1), "tokens_per_s": round(tokens / seconds)}
+
+
+def time_map(column: str, values: list, to_ids, tmp: Path) -> dict:
+    import datasets
+
+    datasets.disable_progress_bars()
+    started = time.perf_counter()
+    dataset = datasets.Dataset.from_dict({column: values})
+    mapped = dataset.map(lambda batch: {"input_ids": to_ids(batch[column])}, batched=True, remove_columns=[column])
+    mapped.save_to_disk(str(tmp / "map"))
+    seconds = time.perf_counter() - started
+    tokens = sum(len(ids) for ids in mapped["input_ids"])
+    shutil.rmtree(tmp / "map")
+    return {"seconds": round(seconds, 2), "records": len(values), "tokens": tokens,
+            "records_per_s": round(len(values) / seconds, 1), "tokens_per_s": round(tokens / seconds)}
+
+
+def bench_code(tokenizer, template, tmp: Path) -> dict:
+    log("code: prepare python-stdlib ...")
+    ours = time_prepare(["python-stdlib"], tokenizer, template, tmp)
+    texts = [r.messages[0]["content"] for r in records_of(["python-stdlib"])]
+    log("code: datasets.map baseline ...")
+    base = time_map("text", texts, lambda batch: tokenizer(batch, add_special_tokens=False)["input_ids"], tmp)
+    return {"parley_prepare": ours, "datasets_map": base, "speed_ratio": round(base["seconds"] / ours["seconds"], 2)}
+
+
+def bench_chat(tokenizer, template, tmp: Path) -> dict:
+    specs = ["python-stdlib-pairs", "chatterbot"]
+    log("chat: prepare python-stdlib-pairs + chatterbot ...")
+    ours = time_prepare(specs, tokenizer, template, tmp)
+    conversations = [r.messages for r in records_of(specs)]
+
+    def to_ids(batch):
+        texts = [tokenizer.apply_chat_template(m, chat_template=template, tokenize=False) for m in batch]
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    log("chat: datasets.map baseline ...")
+    base = time_map("messages", conversations, to_ids, tmp)
+    return {"parley_prepare": ours, "datasets_map": base, "speed_ratio": round(base["seconds"] / ours["seconds"], 2)}
+
+
+def build_corpus(root: Path, copies: int) -> int:
+    """`copies` copies of the stdlib's .py files, each file's first line made unique; returns bytes."""
+    from parley.data.code_files import stdlib_root
+
+    source = stdlib_root()
+    files = [p for p in sorted(source.rglob("*.py")) if "site-packages" not in p.parts]
+    total = 0
+    for k in range(copies):
+        for path in files:
+            target = root / f"copy{k}" / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data = f"# copy {k}\n".encode() + path.read_bytes()
+            target.write_bytes(data)
+            total += len(data)
+    return total
+
+
+def peak_rss(model_dir: Path, corpus: Path, out: Path) -> dict:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", CHILD, str(model_dir), f"code:{corpus}", str(out)],
+                          capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    shutil.rmtree(out)
+    return {k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def bench_memory(model_dir: Path, copies: int, tmp: Path) -> dict:
+    small, large = tmp / "one", tmp / "many"
+    small_bytes = build_corpus(small, 1)
+    large_bytes = build_corpus(large, copies)
+    log(f"memory: prepare on {small_bytes / 1e6:.0f} MB ...")
+    one = peak_rss(model_dir, small, tmp / "out-one")
+    log(f"memory: prepare on {large_bytes / 1e6:.0f} MB ...")
+    many = peak_rss(model_dir, large, tmp / "out-many")
+    return {"corpus_mb": {"one_copy": round(small_bytes / 1e6), f"{copies}_copies": round(large_bytes / 1e6)},
+            "one_copy": one, f"{copies}_copies": many,
+            "peak_rss_growth_mb": round(many["peak_rss_mb"] - one["peak_rss_mb"], 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=8, help="stdlib copies in the memory corpus (~30 MB each)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS part (the slow one)")
+    args = parser.parse_args()
+
+    model_dir, tokenizer, template = embedded_tokenizer()
+    report = {"tokenizer": "smollm2 (embedded)", "max_len": 2048}
+    with tempfile.TemporaryDirectory(prefix="parley-bench-data-") as tmp:
+        report["code"] = bench_code(tokenizer, template, Path(tmp))
+        report["chat"] = bench_chat(tokenizer, template, Path(tmp))
+        if not args.no_memory:
+            report["memory"] = bench_memory(model_dir, args.copies, Path(tmp))
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
