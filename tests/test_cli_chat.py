@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pexpect
@@ -157,3 +159,21 @@ def test_real_model_remembers_forgets_and_resumes():
     assert "Zorblax" in say(resumed, "What is my name?")
     resumed.sendline("/quit")
     resumed.expect(pexpect.EOF)
+
+
+def test_a_crash_keeps_every_finished_turn(tiny_dir):
+    """SIGKILL mid-session: what was said before the kill is in the store."""
+    from parley.store import Store
+
+    child = spawn("chat", "--model", tiny_dir, "--seed", "1", "--max-new-tokens", "4")
+    say(child, "remember this first line")
+    child.sendline("and this second one")
+    child.expect_exact("and this second one")
+    time.sleep(1.5)  # the question is stored before the reply starts
+    child.kill(signal.SIGKILL)
+    child.close()
+    store = Store()
+    latest = store.list(limit=1)[0]
+    contents = [m["content"] for m in store.messages(latest.id)]
+    assert contents[0] == "remember this first line" and len(contents) >= 3
+    assert contents[2] == "and this second one"
