@@ -30,7 +30,7 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from parley.conversation import fit_messages
@@ -42,6 +42,7 @@ from parley.serve.streaming import first_event, follow, sse, submit
 router = APIRouter(tags=["conversations"])
 log = logging.getLogger("parley.serve")
 MAX_TEXT = 200_000  # characters in one message or system prompt
+_PARAMS = TypeAdapter(SamplingParams)  # checks each field's type from the dataclass's own annotations
 
 
 class _Strict(BaseModel):
@@ -81,16 +82,21 @@ def _checked_params(request: Request, stored: dict, given: dict | None) -> Sampl
     """Stored params, overridden by the request's; validated; max_new_tokens capped by the server."""
     known = {f.name for f in dataclasses.fields(SamplingParams)}
     for key, value in (given or {}).items():
-        if isinstance(value, bool) or not isinstance(value, (str, int, float, list, type(None))):
-            raise ApiError(400, f"params.{key}: {value!r} is not a number, string or list", param=f"params.{key}")
+        if key not in known:
+            raise ApiError(400, f"params.{key}: unknown parameter; choose from {', '.join(sorted(known))}",
+                           param=f"params.{key}")
+        if isinstance(value, bool):
+            raise ApiError(400, f"params.{key}: {value!r} is not a number", param=f"params.{key}")
     # Keys another Parley version stored and this one does not know are left out, not fatal.
     merged = {**{k: v for k, v in (stored or {}).items() if k in known}, **(given or {})}
     try:
-        params = SamplingParams().updated(**merged)
+        params = _PARAMS.validate_python(merged).check()
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = "params." + ".".join(str(part) for part in first["loc"])
+        raise ApiError(400, f"{name}: {first['msg']}", param=name) from None
     except ParleyError as e:
         raise ApiError(400, f"params: {e}", param="params") from e
-    except (TypeError, ValueError) as e:
-        raise ApiError(400, f"params: a value has the wrong type ({e})", param="params") from e
     cap = request.app.state.options.max_tokens
     return dataclasses.replace(params, max_new_tokens=min(params.max_new_tokens, cap))
 

@@ -60,7 +60,7 @@
       button.className = "copy";
       button.type = "button";
       button.textContent = "Copy";
-      button.addEventListener("click", () => copy(code.textContent, button));
+      button.addEventListener("click", () => copy(code.textContent.replace(/\n$/, ""), button));
       code.parentElement.prepend(button);
     }
   }
@@ -115,6 +115,7 @@
       const item = document.createElement("li");
       item.dataset.id = c.id;
       item.className = c.id === state.cid ? "current" : "";
+      if (c.id === state.cid) $("title").textContent = c.title || "Parley";
       const open = document.createElement("button");
       open.className = "open";
       open.textContent = c.title || "(untitled)";
@@ -130,7 +131,7 @@
       remove.className = "icon delete";
       remove.title = "Delete";
       remove.setAttribute("aria-label", "Delete");
-      remove.textContent = "\u{1F5D1}";
+      remove.textContent = "\u2715";
       remove.addEventListener("click", () => deleteConversation(c));
       item.append(open, rename, remove);
       list.append(item);

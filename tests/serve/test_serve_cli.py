@@ -1,0 +1,99 @@
+"""`parley serve` as a user starts it: a subprocess on 127.0.0.1, a model directory or a remote model."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+PARLEY = str(Path(sys.executable).with_name("parley"))
+HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(*args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen([PARLEY, "serve", "--port", str(port), *args], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "parley serve did not start"
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_loaded, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_loaded.model.save_pretrained(path)
+    tiny_loaded.tokenizer.save_pretrained(path)
+    return path
+
+
+def test_sigterm_ends_running_streams_cleanly(model_dir):
+    process, url = start("--model", str(model_dir), "--grace", "0", "--max-tokens", "900")
+    try:
+        assert httpx.get(url + "/v1/models").json()["data"][0]["id"] == str(model_dir)
+        body = {"messages": HELLO, "max_tokens": 900, "stream": True}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
+            lines = response.iter_lines()
+            seen = [next(lines) for _ in range(6)]
+            process.send_signal(signal.SIGTERM)
+            seen += list(lines)  # the server must end the stream itself, properly
+        events = [line[6:] for line in seen if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]]
+        assert finishes == ["length"]
+        assert len(chunks) < 900  # cut by the shutdown, not by max_tokens
+        # uvicorn re-raises the signal once it has shut down cleanly, as process managers expect.
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in process.stdout.read()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_parley_server_in_front_of_another(server):
+    process, url = start("--model", "openai:tiny", "--base-url", server[0] + "/v1", "--api-key", "front")
+    try:
+        front = openai.OpenAI(base_url=url + "/v1", api_key="front", max_retries=0)
+        back = openai.OpenAI(base_url=server[0] + "/v1", api_key="x", max_retries=0)
+        args = dict(messages=HELLO, max_tokens=8, temperature=0)
+        expected = back.chat.completions.create(model="tiny", **args).choices[0].message.content
+        assert front.chat.completions.create(model="openai:tiny", **args).choices[0].message.content == expected
+        streamed = front.chat.completions.create(model="openai:tiny", stream=True, **args)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed) == expected
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) in (0, 130)
+        output = process.stdout.read()
+        assert "Application shutdown complete" in output
+        assert "front" not in output  # keys are never logged
+
+
+def test_bad_model_is_one_line():
+    done = subprocess.run([PARLEY, "serve", "--model", "/no/such/model"], capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "parley: error: model directory /no/such/model does not exist"

@@ -1,0 +1,146 @@
+"""The stored-conversation routes the web page uses, against a real server and its real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from parley.conversation import fit_messages
+from parley.engine import Engine, SamplingParams
+from parley.store import Store
+
+GREEDY = {"temperature": 0, "max_new_tokens": 8}
+
+
+def sse(response) -> list[dict]:
+    return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+
+
+@pytest.fixture
+def api(server):
+    with httpx.Client(base_url=server[0], timeout=60) as http:
+        yield http
+
+
+def new(api, **body) -> str:
+    response = api.post("/v1/conversations", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def test_create_list_rename_delete(api):
+    cid = new(api, system="Be brief.", params={"temperature": 0.2})
+    listed = {c["id"]: c for c in api.get("/v1/conversations").json()["data"]}
+    assert listed[cid]["system"] == "Be brief." and listed[cid]["params"] == {"temperature": 0.2}
+    assert api.patch(f"/v1/conversations/{cid}", json={"title": "Renamed"}).json()["title"] == "Renamed"
+    assert api.get(f"/v1/conversations/{cid}").json()["title"] == "Renamed"
+    assert api.patch(f"/v1/conversations/{cid}", json={"system": None}).json()["system"] is None
+    assert api.delete(f"/v1/conversations/{cid}").json()["deleted"] is True
+    gone = api.get(f"/v1/conversations/{cid}")
+    assert gone.status_code == 404 and "no conversation" in gone.json()["error"]["message"]
+
+
+def test_reply_is_the_engines_and_is_stored(api, tiny_loaded, tmp_db):
+    cid = new(api, system="Be brief.")
+    body = api.post(f"/v1/conversations/{cid}/messages",
+                    json={"content": "Hello there", "params": GREEDY, "stream": False}).json()
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
+    expected = Engine(tiny_loaded).generate(history, SamplingParams(**GREEDY))
+    assert body["message"]["content"] == expected
+    stored = api.get(f"/v1/conversations/{cid}").json()
+    assert stored["messages"] == [{"role": "user", "content": "Hello there"},
+                                  {"role": "assistant", "content": expected}]
+    assert stored["params"] == GREEDY and stored["title"] == "Hello there"
+    # The same SQLite file `parley chat` uses sees it, from another connection.
+    assert Store(tmp_db).messages(cid)[-1]["content"] == expected
+
+
+def test_streamed_reply_and_regenerate(api):
+    cid = new(api)
+    with api.stream("POST", f"/v1/conversations/{cid}/messages",
+                    json={"content": "Tell me a story", "params": {"max_new_tokens": 12, "seed": 1}}) as response:
+        events = sse(response)
+    assert events[0] == {"type": "start", "notice": None}
+    assert events[-1]["type"] == "done" and events[-1]["finish_reason"] in ("stop", "length")
+    first = "".join(e["text"] for e in events if e["type"] == "delta")
+    assert api.get(f"/v1/conversations/{cid}").json()["messages"][-1]["content"] == first
+
+    with api.stream("POST", f"/v1/conversations/{cid}/regenerate", json={"params": {"seed": 2}}) as response:
+        again = "".join(e.get("text", "") for e in sse(response))
+    messages = api.get(f"/v1/conversations/{cid}").json()["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]  # replaced, not appended
+    assert messages[-1]["content"] == again != first
+
+
+def test_rolling_buffer_drops_oldest_turns_and_says_so(api, tiny_loaded):
+    cid = new(api, system="Keep this.")
+    long = "word " * 400  # three of these overflow the 1024-token window
+    notices = []
+    for i in range(3):
+        with api.stream("POST", f"/v1/conversations/{cid}/messages",
+                        json={"content": f"{i} {long}", "params": GREEDY}) as response:
+            notices.append(sse(response)[0]["notice"])
+    assert notices[0] is None
+    assert notices[-1] and notices[-1].startswith("context full: dropped the 1 oldest turn")
+    # The rule is conversation.fit_messages': the same call gives the same verdict.
+    messages = api.get(f"/v1/conversations/{cid}").json()["messages"][:-1]
+    fitted = fit_messages([{"role": "system", "content": "Keep this."}] + messages, tiny_loaded.tokenizer,
+                          tiny_loaded.template, 1024 - 8)
+    assert fitted.notice == notices[-1]
+
+
+def test_stop_keeps_the_partial_reply(api, tiny_loaded):
+    cid = new(api)
+    params = {"temperature": 0, "max_new_tokens": 250}
+    with api.stream("POST", f"/v1/conversations/{cid}/messages",
+                    json={"content": "Go on", "params": params}) as response:
+        lines = response.iter_lines()
+        shown = ""
+        for line in lines:
+            event = json.loads(line[6:]) if line.startswith("data: ") else {}
+            shown += event.get("text", "")
+            if len(shown) > 10:
+                break  # the page's Stop button: the connection closes mid-reply
+    full = Engine(tiny_loaded).generate([{"role": "user", "content": "Go on"}],
+                                        SamplingParams(temperature=0, max_new_tokens=250))
+    deadline = time.monotonic() + 10
+    while len(messages := api.get(f"/v1/conversations/{cid}").json()["messages"]) < 2:
+        assert time.monotonic() < deadline, "the partial reply was never stored"
+        time.sleep(0.05)
+    stored = messages[-1]["content"]
+    assert stored.startswith(shown) and full.startswith(stored) and len(stored) < len(full)
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"content": ""}, "content"),
+    ({"content": 5}, "content"),
+    ({"content": "hi", "params": {"temperature": "hot"}}, "temperature"),
+    ({"content": "hi", "params": {"warmth": 1}}, "warmth"),
+    ({"content": "hi", "params": {"top_p": 7}}, "top_p"),
+    ({"content": "hi", "params": {"seed": [1]}}, "seed"),
+    ({"content": "hi", "extra": 1}, "extra"),
+])
+def test_bad_messages(api, body, words):
+    cid = new(api)
+    response = api.post(f"/v1/conversations/{cid}/messages", json=body)
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error"]["message"]
+    assert api.get(f"/v1/conversations/{cid}").json()["messages"] == []  # nothing half-stored
+
+
+def test_regenerate_needs_a_user_message(api):
+    cid = new(api)
+    response = api.post(f"/v1/conversations/{cid}/regenerate", json={})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "nothing_to_regenerate"
+    assert api.post("/v1/conversations/nope/messages", json={"content": "hi"}).status_code == 404
+
+
+def test_plain_fallback_form(api):
+    response = api.post("/plain", data={"message": "<b>Hi</b> & bye"})
+    assert response.status_code == 200
+    assert "&lt;b&gt;Hi&lt;/b&gt; &amp; bye" in response.text and "<b>Hi</b>" not in response.text
+    titles = [c["title"] for c in api.get("/v1/conversations").json()["data"]]
+    assert "<b>Hi</b> & bye" in titles

@@ -1,0 +1,83 @@
+"""The remote backend (`--model openai:NAME --base-url URL`) talking to a real Parley server."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from parley import models
+from parley.engine import Engine, SamplingParams
+from parley.errors import ContextError, ModelLoadError
+from parley.remote import RemoteEngine, engine_for
+from parley.store import Store
+from serve.live_server import CONTEXT
+
+PARLEY = str(Path(sys.executable).with_name("parley"))  # the installed console script
+HELLO = [{"role": "user", "content": "Say hello."}]
+GREEDY = SamplingParams(temperature=0, max_new_tokens=10)
+
+
+@pytest.fixture
+def remote(server):
+    return models.load("openai:tiny", base_url=server[0] + "/v1")
+
+
+def test_engine_for_picks_the_backend(remote, tiny_loaded):
+    assert isinstance(engine_for(tiny_loaded), Engine)
+    assert isinstance(engine_for(remote), RemoteEngine)
+    assert remote.remote == "tiny" and remote.spec == "openai:tiny"
+    assert remote.context_window == CONTEXT  # read from the server's /v1/models
+    assert remote.model is None and remote.tokenizer is None
+
+
+def test_remote_text_is_the_local_engines(remote, tiny_loaded):
+    local = Engine(tiny_loaded)
+    engine = engine_for(remote)
+    assert engine.generate(HELLO, GREEDY) == local.generate(HELLO, GREEDY)
+    assert engine.generate("def fib(n):", GREEDY) == local.generate("def fib(n):", GREEDY)
+    tokens = list(engine.stream(HELLO, SamplingParams(temperature=0, max_new_tokens=6, top_logprobs=2)))
+    assert tokens and all(t.logprob <= 0 and len(t.top) == 2 for t in tokens)
+    assert all(math.isnan(t.logprob) for t in engine.stream(HELLO, GREEDY))  # not asked for
+
+
+def test_remote_errors_are_one_line(server, remote):
+    with pytest.raises(ModelLoadError, match="serves: tiny"):
+        models.load("openai:gpt-4o", base_url=server[0] + "/v1")
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ModelLoadError, match="cannot reach"):
+        models.load("openai:tiny", base_url=f"http://127.0.0.1:{port}/v1")
+    with pytest.raises(ContextError, match=str(CONTEXT)):
+        engine_for(remote).generate([{"role": "user", "content": "hi " * 1500}], GREEDY)
+
+
+def test_parley_chat_talks_to_a_parley_server(server, tiny_loaded):
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    done = subprocess.run(
+        [PARLEY, "chat", "--model", "openai:tiny", "--base-url", server[0] + "/v1",
+         "-p", "Say hello.", "--temperature", "0", "--max-new-tokens", "10"],
+        capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    expected = Engine(tiny_loaded).generate(HELLO, GREEDY)
+    assert done.stdout == expected + "\n"
+    stored = Store().list(limit=5)  # the chat's own store, under the tests' PARLEY_HOME
+    assert any(c.model == "openai:tiny" and c.message_count == 2 for c in stored)
+
+
+def test_parley_chat_says_when_the_server_is_missing():
+    done = subprocess.run(
+        [PARLEY, "chat", "--model", "openai:tiny", "--base-url",
+         "http://127.0.0.1:9/v1", "-p", "hi"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("parley: error: cannot reach http://127.0.0.1:9/v1")
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,207 @@
+"""The chat page in real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+
+Screenshots land in tests/artifacts/ (wide and narrow windows) for a person to look at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from serve.live_server import start_server
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CODE = "def add(a, b):\n    return a + b"
+QUESTION = f"Explain this code:\n\n```python\n{CODE}\n```"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run `make system-deps`"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+def open_page(browser, url, **context):
+    ctx = browser.new_context(**context)
+    page = ctx.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    return ctx, page, errors
+
+
+def wait_reply_done(page, count: int):
+    page.wait_for_function(
+        "n => document.querySelectorAll('.message.assistant').length >= n"
+        " && !document.querySelector('.message.streaming')", arg=count, timeout=60_000)
+
+
+@pytest.fixture(scope="module")
+def web(tiny_loaded, tmp_path_factory):
+    """A server of its own, allowing replies long enough to press Stop in."""
+    from parley.serve.app import ServeOptions, create_app
+
+    app = create_app(ServeOptions(max_tokens=1000, db=tmp_path_factory.mktemp("web") / "db"), loaded=tiny_loaded)
+    url, stop = start_server(app)
+    yield url, app
+    stop()
+
+
+def test_chat_page_end_to_end(browser, web):
+    url = web[0]
+    ARTIFACTS.mkdir(exist_ok=True)
+    ctx, page, errors = open_page(browser, url, viewport={"width": 1200, "height": 800})
+    ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
+    page.wait_for_selector("#app:not([hidden])")
+    assert page.is_hidden("#fallback")
+    assert page.inner_text("#model") == "tiny"
+
+    # Settings: a system prompt and seeded sampling, saved with the conversation.
+    page.click("#toggle-settings")
+    page.fill("#system", "You are terse.")
+    page.fill("#temperature", "0.7")
+    page.fill("#seed", "1")
+    page.fill("#max_new_tokens", "24")
+    page.click("#toggle-settings")
+
+    # Send: the question's code block is highlighted and has a copy button; the reply streams in.
+    page.fill("#input", QUESTION)
+    page.press("#input", "Enter")
+    wait_reply_done(page, 1)
+    code = page.locator(".message.user pre code.hljs")
+    assert code.inner_text().strip() == CODE
+    assert page.locator(".message.user pre code .hljs-keyword").first.inner_text() == "def"
+    page.locator(".message.user pre .copy").click()
+    expect(page.locator(".message.user pre .copy")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == CODE
+    cid = page.evaluate("location.hash").lstrip("#")
+    stored = httpx.get(f"{url}/v1/conversations/{cid}").json()
+    assert stored["system"] == "You are terse."
+    assert stored["params"]["temperature"] == 0.7 and stored["params"]["seed"] == 1
+    reply = stored["messages"][-1]["content"]
+    assert reply and stored["messages"][0]["content"] == QUESTION
+    assert page.locator(".message.assistant").count() == 1
+    assert page.locator(".message.assistant .body").inner_text().strip()  # the tiny model's words
+    page.screenshot(path=str(ARTIFACTS / "web-wide.png"))
+
+    # Stop: a long reply, cut after a few words; the page and the store keep what was shown.
+    page.click("#toggle-settings")
+    page.fill("#max_new_tokens", "900")
+    page.click("#toggle-settings")
+    page.fill("#input", "Tell me everything.")
+    page.press("#input", "Enter")
+    page.wait_for_function("(document.querySelector('.message.streaming .body') || {}).textContent?.length > 5")
+    page.click("#stop")
+    wait_reply_done(page, 2)
+    assert page.is_visible("#send") and page.is_hidden("#stop")
+    page.wait_for_function(
+        f"fetch('/v1/conversations/{cid}').then(r => r.json()).then(c => c.messages.length === 4)")
+    partial = httpx.get(f"{url}/v1/conversations/{cid}").json()["messages"][-1]
+    assert partial["role"] == "assistant" and partial["content"]
+    tokens = len(web[1].state.loaded.tokenizer(partial["content"])["input_ids"])
+    assert tokens < 800, "Stop did not stop the reply"
+
+    # Regenerate replaces the last reply.
+    page.click("#toggle-settings")
+    page.fill("#max_new_tokens", "10")
+    page.click("#toggle-settings")
+    page.click("#regenerate")
+    wait_reply_done(page, 2)
+    page.wait_for_function(
+        f"fetch('/v1/conversations/{cid}').then(r => r.json()).then(c => c.messages.length === 4"
+        f" && c.messages[3].content !== {partial['content']!r})")
+
+    # Reload: the conversation is in the list, and opens with its messages.
+    page.reload()
+    page.wait_for_selector(f"#conversations li[data-id='{cid}']")
+    assert page.locator(f"#conversations li[data-id='{cid}'] .open").inner_text().startswith("Explain this code")
+    page.wait_for_function("document.querySelectorAll('.message').length === 4")
+
+    # Rename and delete through the list's buttons (the browser's own prompt and confirm dialogs).
+    page.once("dialog", lambda dialog: dialog.accept("Adding numbers"))
+    page.click(f"#conversations li[data-id='{cid}'] .rename")
+    page.wait_for_function(f"document.querySelector(\"#conversations li[data-id='{cid}'] .open\")"
+                           ".textContent === 'Adding numbers'")
+    assert httpx.get(f"{url}/v1/conversations/{cid}").json()["title"] == "Adding numbers"
+
+    # A narrow window: the list hides behind a button and slides over the chat.
+    page.set_viewport_size({"width": 390, "height": 780})
+    assert page.is_visible("#toggle-sidebar")
+    page.wait_for_function("document.querySelector('#sidebar').getBoundingClientRect().right <= 0")
+    page.screenshot(path=str(ARTIFACTS / "web-narrow.png"))
+    page.click("#toggle-sidebar")
+    page.wait_for_function("document.querySelector('#sidebar').getBoundingClientRect().x === 0")
+    page.screenshot(path=str(ARTIFACTS / "web-narrow-list.png"))
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, "the page scrolls sideways in a narrow window"
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click(f"#conversations li[data-id='{cid}'] .delete")
+    page.wait_for_function(f"!document.querySelector(\"#conversations li[data-id='{cid}']\")")
+    assert httpx.get(f"{url}/v1/conversations/{cid}").status_code == 404
+    assert errors == []
+    ctx.close()
+
+
+def test_without_javascript_the_plain_form_answers(browser, server):
+    ctx, page, _ = open_page(browser, server[0], java_script_enabled=False)
+    assert page.is_visible("#fallback") and page.is_hidden("#app")
+    page.fill("#fallback textarea[name=message]", "Hello <there>")
+    page.click("#fallback button[type=submit]")
+    page.wait_for_selector("text=Parley:")
+    assert "Hello <there>" in page.inner_text("body")
+    ctx.close()
+
+
+def test_api_key_is_asked_for_and_used(browser, tiny_loaded, tmp_path):
+    from parley.serve.app import ServeOptions, create_app
+
+    url, stop = start_server(create_app(ServeOptions(api_keys=["sesame"], db=tmp_path / "db"), loaded=tiny_loaded))
+    try:
+        ctx, page, _ = open_page(browser, url)
+        page.wait_for_selector("#settings:not([hidden])")  # the 401 opened the settings at the key field
+        assert "API key" in page.inner_text("#notice")
+        page.fill("#api-key", "sesame")
+        page.press("#api-key", "Tab")  # change event: stored, and the page starts again
+        page.wait_for_function("document.querySelector('#model').textContent === 'tiny'")
+        ctx.close()
+    finally:
+        stop()
+
+
+@pytest.mark.slow
+def test_real_model_reply_has_a_highlighted_code_block(browser, embedded_model, tmp_path):
+    from parley.serve.app import ServeOptions, create_app
+
+    url, stop = start_server(create_app(ServeOptions(db=tmp_path / "db"), loaded=embedded_model))
+    try:
+        ctx, page, errors = open_page(browser, url, viewport={"width": 1000, "height": 800})
+        page.wait_for_selector("#app:not([hidden])")
+        page.click("#toggle-settings")
+        page.fill("#temperature", "0")
+        page.fill("#max_new_tokens", "40")
+        page.click("#toggle-settings")
+        page.fill("#input", "Write a Python function that adds two numbers.")
+        page.press("#input", "Enter")
+        wait_reply_done(page, 1)
+        block = page.locator(".message.assistant pre code.hljs")
+        assert "def " in block.first.inner_text()
+        assert page.locator(".message.assistant pre .hljs-keyword").count() >= 1
+        assert page.locator(".message.assistant pre .copy").count() >= 1
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-real-model.png"))
+        assert errors == []
+        ctx.close()
+    finally:
+        stop()
