@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -181,8 +182,10 @@ def evaluate_model(
     """
     problems = load_problems(problems_source)
     chosen = dict(list(problems.items())[: generation.limit or None])
+    started = time.monotonic()
     with progress("generate", len(chosen) * generation.n) as advance:
         samples = complete_problems(engine, chosen, generation, on_done=advance)
+    generated = time.monotonic()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     samples_path = out.with_name(out.name.removesuffix(".json") + ".samples.jsonl")
@@ -196,6 +199,8 @@ def evaluate_model(
         chosen, verdicts, config, model=model, problem_set=str(problems_source),
         samples_file=str(samples_path), generation=asdict(generation),
     )
+    results["details"]["generation_seconds"] = round(generated - started, 1)
+    results["details"]["scoring_seconds"] = round(time.monotonic() - generated, 1)
     for sample, raw in zip(results["samples"], samples):
         sample["raw"] = raw["raw"]  # the model's words before extraction (differs in chat style)
     return (results, *write_results(results, out))

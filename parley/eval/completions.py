@@ -29,6 +29,7 @@ CHAT_REQUEST = (
     "signature, in one ```python code block.\n\n```python\n{prompt}```"
 )
 FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
+CLOSED_FENCE = re.compile(r"```[^\n`]*\n.*?```", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,14 @@ class GenerationConfig:
             raise ConfigError(f"--batch must be at least 1, got {self.batch}")
 
 
-def generate_all(engine, prompts: list, params: list, batch: int, on_done: Callable[[int], None] | None = None) -> list[str]:
-    """The reply to each prompt (str or chat messages) with its own SamplingParams, in order."""
+def generate_all(
+    engine, prompts: list, params: list, batch: int, on_done: Callable[[int], None] | None = None,
+    enough: Callable[[str], bool] | None = None,
+) -> list[str]:
+    """The reply to each prompt (str or chat messages) with its own SamplingParams, in order.
+
+    `enough(text)`, when given, ends a local sequence early once its text holds all that is needed.
+    """
     if not hasattr(engine, "start"):  # a remote engine: the server batches, we ask in turn
         texts = []
         for prompt, p in zip(prompts, params):
@@ -65,24 +72,25 @@ def generate_all(engine, prompts: list, params: list, batch: int, on_done: Calla
     from parley.engine import Batch
 
     texts = [""] * len(prompts)
-    for start in range(0, len(prompts), batch):
-        group = Batch(engine)
-        running = {}
-        for index in range(start, min(start + batch, len(prompts))):
+    waiting = iter(range(len(prompts)))
+    group, running = Batch(engine), {}
+    while True:
+        # Refill as sequences finish (continuous batching), so short answers do not idle the batch.
+        while len(running) < batch and (index := next(waiting, None)) is not None:
             seq = engine.start(prompts[index], params[index])
             group.add(seq)
             running[id(seq)] = (index, seq)
-        while running:
-            for _, seq in list(running.values()):
-                if seq.done:
-                    index, _ = running.pop(id(seq))
-                    texts[index] = seq.text
-                    group.remove(seq)
-                    if on_done is not None:
-                        on_done(1)
-            if running:
-                group.step()
-    return texts
+        if not running:
+            return texts
+        for key, (index, seq) in list(running.items()):
+            if seq.done or (enough is not None and enough(seq.text)):
+                del running[key]
+                texts[index] = seq.text
+                group.remove(seq)
+                if on_done is not None:
+                    on_done(1)
+        if running:
+            group.step()
 
 
 def complete_problems(
@@ -98,7 +106,8 @@ def complete_problems(
     )
     jobs = [(p, replace(base, seed=config.seed + 1000 * i + j)) for i, p in enumerate(chosen) for j in range(config.n)]
     prompts = [_prompt(p, config.style) for p, _ in jobs]
-    texts = generate_all(engine, prompts, [params for _, params in jobs], config.batch, on_done)
+    enough = _closed_block if config.style == "chat" else None  # the prose after the code is not used
+    texts = generate_all(engine, prompts, [params for _, params in jobs], config.batch, on_done, enough)
     return [
         {"task_id": p.task_id, "completion": _completion(p, text, config.style), "raw": text}
         for (p, _), text in zip(jobs, texts)
@@ -109,6 +118,11 @@ def _prompt(problem: Problem, style: str):
     if style == "completion":
         return problem.prompt
     return [{"role": "user", "content": CHAT_REQUEST.format(prompt=problem.prompt)}]
+
+
+def _closed_block(text: str) -> bool:
+    """True once the reply holds a complete fenced code block (all `_completion` will use)."""
+    return CLOSED_FENCE.search(text) is not None
 
 
 def _completion(problem: Problem, reply: str, style: str) -> str:

@@ -19,6 +19,7 @@ records `parley data prepare` holds out by content hash, so they were not traine
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -121,9 +122,11 @@ def evaluate(engine, model: str, sources: list[str], config: DialogueConfig, out
     from parley.eval.report import progress, write_results
 
     found = conversations(sources, config)
+    started = time.monotonic()
     with progress("replies", len(found)) as advance:
         results = generate_and_score(engine, found, config, on_done=advance)
     results = {"kind": "dialogue", "model": model, "sources": sources, **results}
+    results["details"]["seconds"] = round(time.monotonic() - started, 1)
     return (results, *write_results(results, out))
 
 

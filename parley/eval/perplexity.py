@@ -24,6 +24,7 @@ one window at a time (no batching), so a long corpus takes a while on CPU; `max_
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,9 +141,11 @@ def evaluate(loaded, model: str, sources: list[str], config: PerplexityConfig, o
     if not encoded:
         raise ConfigError(f"no text to score in {', '.join(sources)} (split={config.split})")
     total = sum(len(ids) for _, ids in encoded)
+    started = time.monotonic()
     with progress("perplexity", min(total, config.max_tokens) if config.max_tokens else total) as advance:
         tally = score_documents(loaded, encoded, config, on_tokens=advance)
     results = perplexity_results(tally, config, model=model, sources=sources)
+    results["details"]["seconds"] = round(time.monotonic() - started, 1)
     return (results, *write_results(results, out))
 
 

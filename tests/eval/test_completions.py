@@ -88,3 +88,15 @@ def test_embedded_model_writes_a_function_when_asked_in_chat(embedded_model, tmp
     problems = dict(list(load_problems().items())[:2])
     samples = complete_problems(engine, problems, GenerationConfig(max_new_tokens=160, style="chat"))
     assert all(f"def {problems[s['task_id']].entry_point}" in s["completion"] for s in samples)
+
+
+def test_chat_answers_stop_once_the_code_block_is_closed(llama_loaded):
+    from parley.eval.completions import _closed_block
+
+    assert _closed_block("Here:\n```python\ndef f():\n    pass\n```")
+    assert not _closed_block("Here:\n```python\ndef f():\n    pass\n")
+    engine = Engine(llama_loaded)
+    params = [SamplingParams(temperature=0, max_new_tokens=12)] * 2
+    full = generate_all(engine, ["a", "b"], params, batch=2)
+    cut = generate_all(engine, ["a", "b"], params, batch=2, enough=lambda text: len(text) >= 3)
+    assert all(c == f[: len(c)] and 3 <= len(c) <= len(f) for c, f in zip(cut, full))

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from parley.cli import app
 from parley.errors import DataError
-from parley.eval.report import bar_chart, compare, markdown, read_results, write_results
+from parley.eval.report import bar_chart, compare, read_results, write_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,12 +1,13 @@
 """One test per property the sandbox claims (see parley/eval/sandbox.py), with real subprocesses.
 
 Each hostile sample is followed by a check that the sandbox still scores an honest sample
-correctly, because evaluation must go on after any verdict.
+correctly, because evaluation must go on after any verdict. Needs bubblewrap (`make system-deps`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import textwrap
 import time
@@ -18,10 +19,6 @@ import pytest
 from parley.eval import sandbox
 from parley.eval.sandbox import SandboxUnavailable, run_python
 
-pytestmark = pytest.mark.skipif(
-    not Path("/usr/bin/bwrap").exists() and not __import__("shutil").which("bwrap"),
-    reason="bubblewrap is not installed (make system-deps)",
-)
 
 ADD = "def add(a, b):\n    return a + b\n"
 ADD_TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"
@@ -265,7 +262,7 @@ def test_weaker_rlimits_mode_still_limits_and_kills():
 
 def test_missing_bubblewrap_refuses_with_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     for tool in ("prlimit", "setpriv"):  # a PATH that has util-linux but not bwrap
-        (tmp_path / tool).symlink_to(__import__("shutil").which(tool))
+        (tmp_path / tool).symlink_to(shutil.which(tool))
     monkeypatch.setenv("PATH", str(tmp_path))
     sandbox.ensure_available.cache_clear()
     try:
