@@ -96,7 +96,7 @@ class CodeFilter:
 
 def read_code(location: str, filt: CodeFilter, skipped: Counter) -> Iterator[Record]:
     """Records for the kept files of a directory, work tree, or clonable repository URL."""
-    if _is_url(location):
+    if is_url(location):
         with tempfile.TemporaryDirectory(prefix="parley-clone-") as tmp:
             _clone(location, Path(tmp))
             yield from _read_tree(Path(tmp), filt, skipped, shown_as=location)
@@ -187,27 +187,29 @@ def _walk(root: Path) -> Iterator[str]:
             with open(os.path.join(dirpath, ".gitignore"), encoding="utf-8", errors="replace") as f:
                 specs.append((rel_dir, pathspec.GitIgnoreSpec.from_lines(f)))
 
-        def ignored(rel: str, is_dir: bool) -> bool:
-            for d, spec in specs:
-                sub = rel[len(d) + 1 :] if d else rel
-                if spec.match_file(sub + "/" if is_dir else sub):
-                    return True
-            return False
-
         kept = []
         for name in sorted(dirnames):
             rel = f"{rel_dir}/{name}" if rel_dir else name
             virtualenv = os.path.exists(os.path.join(dirpath, name, "pyvenv.cfg"))
-            if not (name.startswith(".") or name in VENDORED_DIRS or virtualenv or ignored(rel, True)):
+            if not (name.startswith(".") or name in VENDORED_DIRS or virtualenv or _ignored(specs, rel, True)):
                 kept.append(name)
         dirnames[:] = kept
         for name in sorted(filenames):
             rel = f"{rel_dir}/{name}" if rel_dir else name
-            if not ignored(rel, False):
+            if not _ignored(specs, rel, False):
                 yield rel
 
 
-def _is_url(location: str) -> bool:
+def _ignored(specs, rel: str, is_dir: bool) -> bool:
+    """Whether any .gitignore on the way down (each matching paths relative to its own dir) ignores `rel`."""
+    for directory, spec in specs:
+        sub = rel[len(directory) + 1 :] if directory else rel
+        if spec.match_file(sub + "/" if is_dir else sub):
+            return True
+    return False
+
+
+def is_url(location: str) -> bool:
     """A remote URL, or a bare repository (`*.git` with a HEAD file) that must be cloned to be read."""
     if location.startswith(("https://", "http://", "git@", "ssh://", "file://")):
         return True

@@ -341,5 +341,8 @@ def prepare_for_model(specs: list[str], out: Path, model: str, config: PrepareCo
 
     check_inputs(specs, out, config)  # seconds before the model would have loaded
     loaded = models.load(model, device="cpu")
+    if loaded.tokenizer is None:
+        raise ConfigError(f"--model {model}: a remote model has no local tokenizer to prepare data with; "
+                          f"name a local model or hub id with the same tokenizer")
     return prepare(specs, out, loaded.tokenizer, loaded.template, config, model=model,
                    context_window=loaded.context_window, progress=progress)

@@ -57,7 +57,7 @@ class Source:
 
     def check(self) -> None:
         """Fail now, before any model is loaded, if the location plainly cannot be read."""
-        if self.format in BUILTINS or self.format == "hf" or code_files._is_url(self.location):
+        if self.format in BUILTINS or self.format == "hf" or code_files.is_url(self.location):
             return
         if not Path(self.location).expanduser().exists():
             raise DataError(f"{self.location}: no such file or directory")
@@ -105,7 +105,7 @@ def _dispatch(src: Source) -> Iterator[Record | Bad]:
     path = Path(where).expanduser()
     if fmt == "pairs":
         return _pairs(code_files.read_code(where, _code_filter(opts, "python"), src.skipped), src.skipped)
-    if fmt in (None, "code") and (path.is_dir() or code_files._is_url(where)):
+    if fmt in (None, "code") and (path.is_dir() or code_files.is_url(where)):
         return code_files.read_code(where, _code_filter(opts), src.skipped)
     if not path.exists():
         raise DataError(f"{where}: no such file or directory")
