@@ -212,6 +212,9 @@ def run(options: ServeOptions) -> None:
             super().handle_exit(sig, frame)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    if options.host not in ("127.0.0.1", "localhost", "::1") and not options.api_keys:
+        log.warning("listening on %s without an API key: anyone who can reach this port can use the model "
+                    "and read the stored conversations (add --api-key)", options.host)
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info",
                             timeout_graceful_shutdown=int(options.grace_s) + 5)
     DrainingServer(config).run()

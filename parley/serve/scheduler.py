@@ -281,7 +281,7 @@ class RemoteScheduler:
                 reason = "length"
             ticket.post(Event(job.index, finish_reason=reason))
         except Exception as e:  # ParleyErrors become HTTP errors; anything else is logged as a bug
-            if not isinstance(e, ParleyError):
+            if not isinstance(e, (ParleyError, ShuttingDown)):
                 log.exception("remote generation failed")
             ticket.post(Event(job.index, error=e))
         finally:
