@@ -72,6 +72,7 @@ class EvalConfig:
     """Validation loss during training."""
 
     every: int = 50  # evaluate every N optimizer steps (and always at the end); 0 = only at the end
+    at_start: bool = True  # also evaluate the untouched model before the first step (step 0: the "before" figure)
     patience: int = 0  # early stopping: stop after N evaluations without improvement; 0 = never stop early
     min_delta: float = 0.0  # the least drop in validation loss that counts as an improvement
 

@@ -92,7 +92,6 @@ def resume(run_dir: Path, overrides: list[str] = ()) -> Path:
 
 
 def _run(config: TrainConfig, resuming: bool) -> Path:
-    import torch
     from accelerate.utils import set_seed
 
     from parley import models
@@ -110,35 +109,9 @@ def _run(config: TrainConfig, resuming: bool) -> Path:
     with accelerator.main_process_first():  # the first use of the embedded model converts it, once
         loaded = models.load(config.model, device="cpu", dtype="float32")
     seq2seq = bool(getattr(loaded.model.config, "is_encoder_decoder", False))
-    max_len = config.data.max_len or loaded.context_window
-    say = _say(accelerator)
-    data = dataset.open_data(
-        config.data.sources, run_dir, loaded.tokenizer, loaded.template, accelerator,
-        max_len=config.data.max_len, val_ratio=config.data.val_ratio, pack=config.data.pack,
-        context_window=loaded.context_window, seq2seq=seq2seq, say=say,
-    )
-    if data.template != loaded.template:
-        say("training with the chat template the data was prepared with (not the model's own); RUN_DIR/final carries it")
-    world = accelerator.num_processes
-    plan = Plan(
-        sizes=tuple(data.sizes), weights=tuple(config.data.weights or [1.0] * len(data.sizes)), seed=config.seed,
-        global_batch=config.batch_size * config.grad_accum * world, batch_size=config.batch_size,
-    )
-    if plan.steps_per_epoch == 0:
-        raise ConfigError(
-            f"the global batch (batch_size x grad_accum x processes = {plan.global_batch} rows) is larger than "
-            f"an epoch of training data ({plan.epoch_rows} rows): lower batch_size or grad_accum, or add data"
-        )
+    data, plan = _data(config, loaded, run_dir, accelerator, seq2seq)
     total = config.max_steps or max(1, math.ceil(config.epochs * plan.steps_per_epoch))
-
-    model = _trainable(loaded.model, config, seq2seq)
-    decoder_inputs = getattr(loaded.model, "prepare_decoder_input_ids_from_labels", None) if seq2seq else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=config.optim.lr, betas=(config.optim.beta1, config.optim.beta2),
-        eps=config.optim.eps, weight_decay=config.optim.weight_decay,
-    )
-    scheduler = _scheduler(optimizer, config, total)
+    model, optimizer, scheduler = _optimized(loaded.model, config, seq2seq, total)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
@@ -148,19 +121,20 @@ def _run(config: TrainConfig, resuming: bool) -> Path:
     resumed_from = checkpoint.latest(run_dir) if resuming else None
     if resumed_from is not None:
         checkpoint.load(accelerator, resumed_from, strict=config.method == "full")
-        say(f"resumed from {resumed_from} (step {state.step} of {total})")
+        _say(accelerator, f"resumed from {resumed_from} (step {state.step} of {total})")
     else:
         set_seed(config.seed + accelerator.process_index)  # dropout differs per process
     if accelerator.is_main_process:
         checkpoint.write_atomic(run_dir / CONFIG_FILE, (json.dumps(to_dict(config), indent=1) + "\n").encode())
-        truncate_metrics(run_dir / "metrics.jsonl", state.step)
+        truncate_metrics(run_dir / "metrics.jsonl", state.step if resumed_from else -1)
     accelerator.wait_for_everyone()
 
     accelerator.init_trackers("parley", config=_flat(to_dict(config)))
     monitor = Monitor(accelerator, run_dir, total, state.step, progress=config.log.progress)
-    rows = _RowStats(data.train, seq2seq, max_len)
-    trainer = _Steps(accelerator, model, optimizer, scheduler, data, plan, rows, config, seq2seq, max_len,
-                     loaded.tokenizer.pad_token_id, decoder_inputs)
+    max_len = config.data.max_len or loaded.context_window
+    decoder_inputs = getattr(loaded.model, "prepare_decoder_input_ids_from_labels", None) if seq2seq else None
+    trainer = _Steps(accelerator, model, optimizer, scheduler, data, plan, _RowStats(data.train, seq2seq, max_len),
+                     config, seq2seq, max_len, loaded.tokenizer.pad_token_id, decoder_inputs)
     try:
         _loop(trainer, state, total, config, monitor, run_dir)
         final = _save_final(accelerator, model, loaded, data.template, config, run_dir, monitor)
@@ -174,20 +148,60 @@ def _run(config: TrainConfig, resuming: bool) -> Path:
     return final
 
 
+def _data(config: TrainConfig, loaded, run_dir: Path, accelerator, seq2seq: bool):
+    """The run's data (raw sources prepared first) and the plan that groups its rows into steps."""
+    data = dataset.open_data(
+        config.data.sources, run_dir, loaded.tokenizer, loaded.template, accelerator,
+        max_len=config.data.max_len, val_ratio=config.data.val_ratio, pack=config.data.pack,
+        context_window=loaded.context_window, seq2seq=seq2seq, say=lambda text: _say(accelerator, text),
+    )
+    if data.template != loaded.template:
+        _say(accelerator, "training with the chat template the data was prepared with (not the model's own); "
+                          "RUN_DIR/final carries it")
+    plan = Plan(
+        sizes=tuple(data.sizes), weights=tuple(config.data.weights or [1.0] * len(data.sizes)), seed=config.seed,
+        global_batch=config.batch_size * config.grad_accum * accelerator.num_processes, batch_size=config.batch_size,
+    )
+    if plan.steps_per_epoch == 0:
+        raise ConfigError(
+            f"the global batch (batch_size x grad_accum x processes = {plan.global_batch} rows) is larger than "
+            f"an epoch of training data ({plan.epoch_rows} rows): lower batch_size or grad_accum, or add data"
+        )
+    return data, plan
+
+
+def _optimized(model, config: TrainConfig, seq2seq: bool, total: int):
+    """(trainable model, AdamW over its trainable parameters, learning-rate schedule over `total` steps)."""
+    import torch
+    from transformers import get_scheduler
+
+    model = _trainable(model, config, seq2seq)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.optim.lr,
+        betas=(config.optim.beta1, config.optim.beta2), eps=config.optim.eps, weight_decay=config.optim.weight_decay,
+    )
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.optim.schedule]
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=config.optim.warmup_steps, num_training_steps=total)
+    return model, optimizer, scheduler
+
+
 def _loop(trainer: _Steps, state: TrainState, total: int, config: TrainConfig, monitor: Monitor, run_dir: Path) -> None:
     speed = Speed()
     eval_every = config.eval.every
     save_every = config.checkpoint.every or eval_every
     last_saved = -1
+    if state.step == 0 and config.eval.at_start:
+        _record_eval(trainer.evaluate(), state, config, monitor)
+        speed.restart()
     while state.step < total:
+        lr = trainer.scheduler.get_last_lr()[0]  # the rate this step uses
         loss, grad_norm, tokens = trainer.step(state.step)
         state.step += 1
         state.tokens += tokens
         rate = speed.tick(tokens)
-        lr = trainer.scheduler.get_last_lr()[0]
         if state.step % config.log.every == 0 or state.step == total:
             monitor.log({"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                         "tokens_per_s": round(rate, 1), "tokens": state.tokens, "time": round(time.time(), 3)})
+                         "tokens_per_s": round(rate, 1), "tokens": state.tokens, "time": time.time()})
         monitor.advance(state.step, loss, lr, rate)
 
         val_loss, stop = None, False
@@ -217,10 +231,10 @@ def _record_eval(val_loss: float | None, state: TrainState, config: TrainConfig,
     monitor.log({"step": state.step, "val_loss": val_loss, "val_ppl": ppl})
     monitor.plot()
     monitor.say(f"step {state.step}: validation loss {val_loss:.4f}, perplexity {ppl:.2f}")
-    if val_loss < state.best_val - config.eval.min_delta:
-        state.best_val, state.best_step, state.stale_evals = val_loss, state.step, 0
-        return False
-    state.stale_evals += 1
+    improved = val_loss < state.best_val - config.eval.min_delta  # what early stopping counts
+    if val_loss < state.best_val:  # the best checkpoint is simply the lowest loss
+        state.best_val, state.best_step = val_loss, state.step
+    state.stale_evals = 0 if improved else state.stale_evals + 1
     return bool(config.eval.patience) and state.stale_evals >= config.eval.patience
 
 
@@ -340,7 +354,7 @@ def _trainable(model, config: TrainConfig, seq2seq: bool):
     model.config.use_cache = False
     if config.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad, so it works under LoRA too.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if config.method == "full":
         return model
     from peft import LoraConfig, TaskType, get_peft_model
@@ -355,13 +369,6 @@ def _trainable(model, config: TrainConfig, seq2seq: bool):
         return get_peft_model(model, lora)
     except ValueError as e:  # peft: target modules not found in the model
         raise ConfigError(f"lora.target_modules = {targets}: {str(e).splitlines()[0]}") from None
-
-
-def _scheduler(optimizer, config: TrainConfig, total: int):
-    from transformers import get_scheduler
-
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[config.optim.schedule]
-    return get_scheduler(name, optimizer, num_warmup_steps=config.optim.warmup_steps, num_training_steps=total)
 
 
 def _accelerator(config: TrainConfig):
@@ -442,14 +449,12 @@ def _oom_advice(config: TrainConfig, step: int, max_len: int) -> str:
     return f"out of memory at step {step}: " + "; ".join(advice)
 
 
-def _say(accelerator):
-    def say(text: str) -> None:
-        if accelerator.is_main_process:
-            import sys
+def _say(accelerator, text: str) -> None:
+    """A line for the user on stderr, from the main process only."""
+    if accelerator.is_main_process:
+        import sys
 
-            print(text, file=sys.stderr, flush=True)
-
-    return say
+        print(text, file=sys.stderr, flush=True)
 
 
 def _flat(table: dict, prefix: str = "") -> dict:

@@ -42,8 +42,8 @@ def test_full_fine_tuning_reproduces_held_out_replies(arch, request, prepared, t
     train_steps = [m for m in metrics if "loss" in m]
     evals = [m for m in metrics if "val_loss" in m]
     assert [m["step"] for m in train_steps] == list(range(1, 301))
-    assert [m["step"] for m in evals] == [100, 200, 300]
-    assert evals[-1]["val_loss"] < 0.1 < train_steps[0]["loss"]
+    assert [m["step"] for m in evals] == [0, 100, 200, 300]  # step 0: the untouched model
+    assert evals[-1]["val_loss"] < 0.1 < evals[0]["val_loss"]
     assert evals[-1]["val_ppl"] == pytest.approx(torch.tensor(evals[-1]["val_loss"]).exp().item(), rel=1e-5)
     assert all(m["tokens_per_s"] > 0 and m["lr"] >= 0 for m in train_steps)
     assert (tmp_path / "run" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
