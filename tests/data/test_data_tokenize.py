@@ -2,7 +2,7 @@
 
 import pytest
 
-from parley.data.records import Record, chat_record, text_record
+from parley.data.records import chat_record, text_record
 from parley.data.tokenize import IGNORE, Encoder, Example, Packer
 from parley.errors import DataError
 
