@@ -84,13 +84,19 @@ def install(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             return ApiError(400, f"the request body is not valid JSON ({first.get('msg')})").response()
         param = field_name(tuple(first.get("loc", ())))
+        message = str(first.get("msg", "")).removeprefix("Value error, ")
         if not param:
-            return ApiError(400, f"the request body is invalid: {first.get('msg')}").response()
-        return ApiError(400, f"{param}: {first.get('msg')}", param=param).response()
+            if first.get("type") == "missing":
+                return ApiError(400, "the request body is empty: send a JSON object").response()
+            return ApiError(400, f"the request body must be a JSON object ({message})").response()
+        return ApiError(400, f"{param}: {message}", param=param).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException):
-        return ApiError(error.status_code, str(error.detail), headers=getattr(error, "headers", None)).response()
+        where = f"{request.method} {request.url.path}"
+        message = {404: f"no such route: {where} (the API is described at /docs)",
+                   405: f"method not allowed: {where}"}.get(error.status_code, str(error.detail))
+        return ApiError(error.status_code, message, headers=getattr(error, "headers", None)).response()
 
     @app.exception_handler(ParleyError)
     async def _parley(request: Request, error: ParleyError):
