@@ -4,7 +4,7 @@
 
 Starts `parley serve` (a subprocess on 127.0.0.1, a free port) with the model, then for each number of
 clients N sends N concurrent streaming chat requests (the official openai client, one thread each),
-each asking for --tokens tokens, --rounds times. Prints JSON: per N the aggregate tokens/s (all tokens
+each asking for --tokens tokens, --rounds times (interleaved: 1, 4, 8, 1, 4, 8, ...). Prints JSON: per N the aggregate tokens/s (all tokens
 over the wall time of the round), p50/p95 time to first token, p50 inter-token latency; and the
 N=max aggregate throughput as a ratio over N=1 (the baseline: what a server without batching gives).
 
@@ -52,10 +52,11 @@ def main() -> None:
 
         client = openai.OpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600)
         _request(client, args.model, args.tokens, seed=0)  # warm-up: first-call allocations
-        results = {}
-        for n in counts:
-            rounds = [_round(client, args.model, n, args.tokens, r) for r in range(args.rounds)]
-            results[str(n)] = _summary(rounds)
+        rounds: dict[int, list[dict]] = {n: [] for n in counts}
+        for r in range(args.rounds):  # interleaved, so a busy machine slows every N alike
+            for n in counts:
+                rounds[n].append(_round(client, args.model, n, args.tokens, r))
+        results = {str(n): _summary(rounds[n]) for n in counts}
         base, top = results[str(counts[0])], results[str(counts[-1])]
         print(json.dumps({
             "bench": "serve", "model": args.model, "tokens_per_request": args.tokens, "rounds": args.rounds,
