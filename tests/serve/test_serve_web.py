@@ -25,7 +25,7 @@ QUESTION = f"Explain this code:\n\n```python\n{CODE}\n```"
 def browser():
     from playwright.sync_api import sync_playwright
 
-    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run `make system-deps`"
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run `make test-deps`"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         yield browser
@@ -65,7 +65,7 @@ def test_chat_page_end_to_end(browser, web):
     ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
     page.wait_for_selector("#app:not([hidden])")
     assert page.is_hidden("#fallback")
-    assert page.inner_text("#model") == "tiny"
+    expect(page.locator("#model")).to_have_text("tiny")  # filled in by a request after load: wait for it
 
     # Settings: a system prompt and seeded sampling, saved with the conversation.
     page.click("#toggle-settings")
