@@ -33,7 +33,7 @@ chat: install
 	$(BIN)/parley chat
 
 test: install test-deps
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15
 
 # Everything except the tests that load the real embedded model.
 test-fast: install test-deps
