@@ -14,6 +14,8 @@ import httpx
 import openai
 import pytest
 
+from parley.store import Store
+
 PARLEY = str(Path(sys.executable).with_name("parley"))
 HELLO = [{"role": "user", "content": "Say hello."}]
 
@@ -84,12 +86,19 @@ def test_a_parley_server_in_front_of_another(server):
         assert "".join(c.choices[0].delta.content or "" for c in streamed) == expected
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+        # A stored conversation, replied to by the remote model, survives the server being killed.
+        key = {"Authorization": "Bearer front"}
+        cid = httpx.post(url + "/v1/conversations", json={}, headers=key).json()["id"]
+        reply = httpx.post(f"{url}/v1/conversations/{cid}/messages", headers=key, timeout=60,
+                           json={"content": "Say hello.", "params": {"temperature": 0, "max_new_tokens": 8},
+                                 "stream": False}).json()
+        assert reply["message"]["content"] == expected
     finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) in (0, 130)
-        output = process.stdout.read()
-        assert "Application shutdown complete" in output
-        assert "front" not in output  # keys are never logged
+        process.kill()  # SIGKILL: no shutdown code runs
+        process.wait(timeout=30)
+    assert "front" not in process.stdout.read()  # keys are never logged
+    assert Store().messages(cid) == [{"role": "user", "content": "Say hello."},
+                                     {"role": "assistant", "content": expected}]
 
 
 def test_bad_model_is_one_line():
