@@ -306,7 +306,8 @@ class _Steps:
             return None
         acc, world, size = self.accelerator, self.accelerator.num_processes, self.config.batch_size
         n = min(len(val), self.config.data.val_rows or len(val))
-        mine = list(range(acc.process_index, n, world))
+        chosen = [i * len(val) // n for i in range(n)]  # spread over every source's validation rows
+        mine = chosen[acc.process_index :: world]
         # Every process runs the same number of forwards (FSDP needs it); a short one repeats row 0 at weight 0.
         count = math.ceil(math.ceil(n / world) / size)
         totals = torch.zeros(2, device=acc.device)  # (loss sum, learned tokens)

@@ -117,3 +117,13 @@ def test_help_config_lists_the_keys():
 def test_every_example_config_is_valid(recipe: Path):
     config = load_config(recipe)
     assert config.data.sources and config.out_dir
+
+
+def test_a_tracker_that_is_not_installed_is_named():
+    import importlib.util
+
+    missing = [name for name in ("tensorboard", "wandb") if importlib.util.find_spec(name) is None]
+    if not missing:
+        pytest.skip("tensorboard and wandb are both installed here")
+    with pytest.raises(ConfigError, match=rf"log.trackers: {missing[0]} is not installed \(pip install {missing[0]}\)"):
+        load_config(None, ["data.sources=chatterbot", f'log.trackers=["{missing[0]}"]'])
