@@ -199,7 +199,6 @@ def _print_results(results: dict, json_path: Path, md_path: Path) -> None:
     print(f"results: {json_path}\nsummary: {md_path}")
 
 
-BaseUrlOption = typer.Option(None, "--base-url", help="For --model openai:NAME: the service's URL (key from OPENAI_API_KEY).")
 EvalOutOption = typer.Option(None, "--out", "-o", help="Results JSON (Markdown beside it); default eval-results/KIND-MODEL-TIME.json.")
 
 
