@@ -82,8 +82,11 @@ def test_chat_page_end_to_end(browser, web):
     code = page.locator(".message.user pre code.hljs")
     assert code.inner_text().strip() == CODE
     assert page.locator(".message.user pre code .hljs-keyword").first.inner_text() == "def"
+    # The label says "Copied" for 1.5 s; record it rather than race a loaded machine to read it.
+    page.evaluate("""() => { const b = document.querySelector('.message.user pre .copy'); window.labels = [];
+        new MutationObserver(() => window.labels.push(b.textContent)).observe(b, {childList: true}); }""")
     page.locator(".message.user pre .copy").click()
-    expect(page.locator(".message.user pre .copy")).to_have_text("Copied")
+    page.wait_for_function("window.labels.includes('Copied')")
     assert page.evaluate("navigator.clipboard.readText()") == CODE
     cid = page.evaluate("location.hash").lstrip("#")
     stored = httpx.get(f"{url}/v1/conversations/{cid}").json()
@@ -171,7 +174,7 @@ def test_api_key_is_asked_for_and_used(browser, tiny_loaded, tmp_path):
     try:
         ctx, page, _ = open_page(browser, url)
         page.wait_for_selector("#settings:not([hidden])")  # the 401 opened the settings at the key field
-        assert "API key" in page.inner_text("#notice")
+        expect(page.locator("#notice")).to_contain_text("API key")
         page.fill("#api-key", "sesame")
         page.press("#api-key", "Tab")  # change event: stored, and the page starts again
         page.wait_for_function("document.querySelector('#model').textContent === 'tiny'")
