@@ -11,6 +11,7 @@ import pytest
 from parley.conversation import fit_messages
 from parley.engine import Engine, SamplingParams
 from parley.store import Store
+from serve.live_server import start_server
 
 GREEDY = {"temperature": 0, "max_new_tokens": 8}
 
@@ -92,9 +93,22 @@ def test_rolling_buffer_drops_oldest_turns_and_says_so(api, tiny_loaded):
     assert fitted.notice == notices[-1]
 
 
-def test_stop_keeps_the_partial_reply(api, tiny_loaded):
+@pytest.fixture(scope="module")
+def long_api(tiny_loaded, tmp_path_factory):
+    """A server of its own that allows replies long enough (1000 tokens) to stop one halfway."""
+    from parley.serve.app import ServeOptions, create_app
+
+    app = create_app(ServeOptions(max_tokens=1000, db=tmp_path_factory.mktemp("long") / "db"), loaded=tiny_loaded)
+    url, stop = start_server(app)
+    with httpx.Client(base_url=url, timeout=60) as http:
+        yield http
+    stop()
+
+
+def test_stop_keeps_the_partial_reply(long_api, tiny_loaded):
+    api = long_api
     cid = new(api)
-    params = {"temperature": 0, "max_new_tokens": 250}
+    params = {"temperature": 0, "max_new_tokens": 1000}
     with api.stream("POST", f"/v1/conversations/{cid}/messages",
                     json={"content": "Go on", "params": params}) as response:
         lines = response.iter_lines()
@@ -105,7 +119,7 @@ def test_stop_keeps_the_partial_reply(api, tiny_loaded):
             if len(shown) > 10:
                 break  # the page's Stop button: the connection closes mid-reply
     full = Engine(tiny_loaded).generate([{"role": "user", "content": "Go on"}],
-                                        SamplingParams(temperature=0, max_new_tokens=250))
+                                        SamplingParams(temperature=0, max_new_tokens=1000))
     deadline = time.monotonic() + 10
     while len(messages := api.get(f"/v1/conversations/{cid}").json()["messages"]) < 2:
         assert time.monotonic() < deadline, "the partial reply was never stored"
