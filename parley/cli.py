@@ -260,6 +260,8 @@ def eval_perplexity(
     from parley.eval.perplexity import PerplexityConfig, evaluate
     from parley.eval.report import default_out
 
+    if model.startswith("openai:"):
+        raise ConfigError("perplexity needs a local model: a remote API does not score given text")
     config = PerplexityConfig(window=window, stride=stride, split=split, max_tokens=max_tokens)
     loaded = models.load(model, device=device, dtype=dtype)
     _print_results(*evaluate(loaded, model, source, config, out or default_out("perplexity", model)))

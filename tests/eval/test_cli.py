@@ -63,3 +63,8 @@ def test_code_command_generates_then_scores(model_dir, tmp_path):
 def test_code_command_needs_exactly_one_of_samples_or_model(tmp_path):
     result = CliRunner().invoke(app, ["eval", "code"])
     assert isinstance(result.exception, ConfigError) and "exactly one of --samples" in str(result.exception)
+
+
+def test_perplexity_refuses_a_remote_model_before_loading_it(tmp_path):
+    result = CliRunner().invoke(app, ["eval", "perplexity", "--model", "openai:gpt-x", "--source", str(tmp_path)])
+    assert isinstance(result.exception, ConfigError) and "needs a local model" in str(result.exception)
