@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import pytest
@@ -83,9 +82,8 @@ def test_no_data_is_a_config_error():
 
 
 def test_config_and_data_errors_come_before_any_model_loads(tmp_path):
-    """The model named does not exist: the error must be about the config or the data, quickly."""
+    """The model named does not exist: were it loaded first, the error would be about the model."""
     missing_model = f"model={tmp_path / 'no-such-model'}"
-    started = time.perf_counter()
     bad_key = run_cli("train", "--set", missing_model, "--set", "data.sources=chatterbot", "--set", "lora.r=-2")
     missing_data = run_cli("train", "--set", missing_model, "--set", f"data.sources=chat:{tmp_path / 'nope.jsonl'}",
                            "--set", f"out_dir={tmp_path / 'run'}")
@@ -95,7 +93,6 @@ def test_config_and_data_errors_come_before_any_model_loads(tmp_path):
     assert missing_data.stderr.strip().endswith(f"data.sources[0]: {tmp_path / 'nope.jsonl'}: no such file or directory")
     assert "Traceback" not in bad_key.stderr + missing_data.stderr
     assert not (tmp_path / "run").exists()
-    assert time.perf_counter() - started < 60
 
 
 def test_a_prepared_dir_without_a_manifest_is_refused(tmp_path):
