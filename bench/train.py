@@ -13,7 +13,10 @@ where model FLOPs utilisation is also reported (6N + 12·L·d·T FLOPs per token
 4N + 12·L·d·T for LoRA, whose frozen weights get no weight gradients; N excludes the embeddings'
 lookup but includes the tied output projection; peak = --peak-tflops).
 
-Prints one JSON object with the runs and the ratio parley / Trainer per method.
+On a CPU the two runs of a method go at the same time, with half the cores each (`--together`): on a
+shared machine they then share the same background load, which sequential runs do not (their tokens/s
+then measure the neighbours more than the trainers). Prints one JSON object with the runs and the
+ratio parley / Trainer per method.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--methods", default="full,lora")
+    parser.add_argument("--together", action=argparse.BooleanOptionalAction, default=None,
+                        help="run Parley and the Trainer at the same time, half the cores each (default on CPU: "
+                             "on a shared machine both then see the same background load)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak (H100/H200 dense bf16: 989)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -51,22 +57,31 @@ def main() -> None:
 
     import torch
 
-    result = {"model": "smollm2 (SmolLM2-135M-Instruct)", "device": _device_name(), "threads": torch.get_num_threads(),
-              "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup,
-              "precision": args.precision}
+    together = (not torch.cuda.is_available()) if args.together is None else args.together
+    threads = max(1, (os.cpu_count() or 2) // 2) if together else torch.get_num_threads()
+    result = {"model": "smollm2 (SmolLM2-135M-Instruct)", "device": _device_name(), "threads_per_run": threads,
+              "runs_at_the_same_time": together, "batch_size": args.batch_size, "seq_len": args.seq_len,
+              "steps": args.steps, "warmup": args.warmup, "precision": args.precision}
     with tempfile.TemporaryDirectory() as tmp:
         data = make_rows(Path(tmp) / "rows", args.seq_len, args.batch_size * args.steps)
         for method in args.methods.split(","):
             runs = {}
+            pending = []
             for trainer in ("parley", "trainer"):
                 result_file = Path(tmp) / f"{trainer}-{method}.json"
                 command = [sys.executable, __file__, "--child", f"{trainer}-{method}", "--data", str(data),
                            "--result", str(result_file),
                            *[f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                             if k not in ("child", "data", "methods", "result")]]
-                out = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
-                if out.returncode:
-                    sys.exit(f"{trainer}-{method} failed:\n{out.stderr[-3000:]}")
+                             if k not in ("child", "data", "methods", "result", "together")]]
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+                log = open(result_file.with_suffix(".log"), "w")
+                proc = subprocess.Popen(command, stdout=log, stderr=log, cwd=tmp, env=env)
+                pending.append((trainer, proc, result_file))
+                if not together:
+                    proc.wait()
+            for trainer, proc, result_file in pending:
+                if proc.wait():
+                    sys.exit(f"{trainer}-{method} failed:\n{result_file.with_suffix('.log').read_text()[-3000:]}")
                 runs[trainer] = json.loads(result_file.read_text())
                 print(f"{trainer}-{method}: {runs[trainer]}", file=sys.stderr, flush=True)
             runs["ratio_tokens_per_s"] = round(runs["parley"]["tokens_per_s"] / runs["trainer"]["tokens_per_s"], 3)
