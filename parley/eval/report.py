@@ -158,13 +158,46 @@ def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
         BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
     )
 
+    console = Console(stderr=True)
+    if not console.is_terminal:  # a log file or CI: rich would draw nothing until the end
+        yield _plain_progress(description, total)
+        return
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True)) as bar:
+    with Progress(*columns, console=console) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
+
+
+def _plain_progress(description: str, total: int, every_s: float = 30.0) -> Callable[[int], None]:
+    """`advance(n)` that prints a line (count, elapsed, ETA) at most every `every_s` and at the end."""
+    import sys
+    import time
+
+    started = last = time.monotonic()
+    done = 0
+
+    def advance(n: int = 1) -> None:
+        nonlocal done, last
+        done += n
+        now = time.monotonic()
+        if now - last < every_s and done < total:
+            return
+        last = now
+        elapsed = now - started
+        eta = elapsed / done * (total - done) if done else float("nan")
+        print(f"{description} {done}/{total} elapsed {_clock(elapsed)} ETA {_clock(eta)}", file=sys.stderr, flush=True)
+
+    return advance
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def show_comparison(before: str | Path, after: str | Path, chart: str | Path | None = None) -> Path:

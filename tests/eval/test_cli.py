@@ -54,8 +54,10 @@ def test_dialogue_command(model_dir, tmp_path):
 
 def test_code_command_generates_then_scores(model_dir, tmp_path):
     out = tmp_path / "code.json"
-    run("code", "--model", str(model_dir), "--limit", "2", "--max-new-tokens", "4", "--k", "1",
-        "--style", "completion", "--out", str(out))
+    result = run("code", "--model", str(model_dir), "--limit", "2", "--max-new-tokens", "4", "--k", "1",
+                 "--style", "completion", "--out", str(out))
+    # Not a terminal: progress comes as plain lines (rich would print nothing until the end).
+    assert "generate 2/2 elapsed" in result.stderr and "sandbox 2/2 elapsed" in result.stderr
     results = json.loads(out.read_text())
     assert results["details"]["samples"] == 2 and (tmp_path / "code.samples.jsonl").exists()
 
