@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -370,9 +369,7 @@ def _trainable(model, config: TrainConfig, seq2seq: bool):
         task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM,
     )
     try:
-        with warnings.catch_warnings():  # peft calls a transformers alias deprecated in v5; nothing for users to do
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-            return get_peft_model(model, lora)
+        return get_peft_model(model, lora)
     except ValueError as e:  # peft: target modules not found in the model
         raise ConfigError(f"lora.target_modules = {targets}: {str(e).splitlines()[0]}") from None
 
