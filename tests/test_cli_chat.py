@@ -141,11 +141,14 @@ def test_real_model_remembers_forgets_and_resumes():
     say(child, "Hi, my name is Zorblax. Please remember it.")
     assert "Zorblax" in say(child, "What is my name?")
 
+    # A reply far longer than the time Ctrl-C takes to land, however fast the machine decodes.
+    say(child, "/params max_new_tokens=2000")
     child.sendline("Write a very long essay about the history of computing.")
     child.expect_exact("computer", timeout=120)  # the reply has started streaming
     child.sendcontrol("c")
     child.expect_exact("(stopped)")
     child.expect(PROMPT)
+    say(child, "/params max_new_tokens=60")
 
     say(child, "/reset")
     assert "Zorblax" not in say(child, "What is my name?")
