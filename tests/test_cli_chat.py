@@ -137,18 +137,20 @@ def test_slash_commands_and_errors_keep_the_session(tmp_path, tiny_dir):
 @pytest.mark.slow
 def test_real_model_remembers_forgets_and_resumes():
     """Turn 2 needs turn 1; after /reset it is gone; --resume brings it back. Ctrl-C stops only the reply."""
-    child = spawn("chat", "--temperature", "0", "--max-new-tokens", "60")
+    child = spawn("chat", "--temperature", "0", "--max-new-tokens", "2000")
+    # First, on an empty conversation (what a 135M model writes depends on it): a reply far longer
+    # than the time Ctrl-C takes to land, however fast the machine decodes.
+    child.sendline("Write a very long essay about the history of computing.")
+    child.expect_exact("computer", timeout=120)  # the reply is streaming
+    child.sendcontrol("c")
+    stopped = child.expect([re.escape("(stopped)"), PROMPT])
+    assert stopped == 0, f"the reply ended without (stopped): {ANSI.sub('', child.before)[-300:]!r}"
+    child.expect(PROMPT)
+    assert "new conversation" in say(child, "/reset")
+
+    say(child, "/params max_new_tokens=60")
     say(child, "Hi, my name is Zorblax. Please remember it.")
     assert "Zorblax" in say(child, "What is my name?")
-
-    # A reply far longer than the time Ctrl-C takes to land, however fast the machine decodes.
-    say(child, "/params max_new_tokens=2000")
-    child.sendline("Write a very long essay about the history of computing.")
-    child.expect_exact("computer", timeout=120)  # the reply has started streaming
-    child.sendcontrol("c")
-    child.expect_exact("(stopped)")
-    child.expect(PROMPT)
-    say(child, "/params max_new_tokens=60")
 
     say(child, "/reset")
     assert "Zorblax" not in say(child, "What is my name?")
