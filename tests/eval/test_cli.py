@@ -62,11 +62,19 @@ def test_code_command_generates_then_scores(model_dir, tmp_path):
     assert results["details"]["samples"] == 2 and (tmp_path / "code.samples.jsonl").exists()
 
 
-def test_code_command_needs_exactly_one_of_samples_or_model(tmp_path):
-    result = CliRunner().invoke(app, ["eval", "code"])
-    assert isinstance(result.exception, ConfigError) and "exactly one of --samples" in str(result.exception)
+def test_code_command_takes_samples_or_a_model_not_both(tmp_path):
+    result = CliRunner().invoke(app, ["eval", "code", "--samples", str(tmp_path / "s.jsonl"), "--model", "smollm2"])
+    assert isinstance(result.exception, ConfigError) and "not both" in str(result.exception)
 
 
 def test_perplexity_refuses_a_remote_model_before_loading_it(tmp_path):
     result = CliRunner().invoke(app, ["eval", "perplexity", "--model", "openai:gpt-x", "--source", str(tmp_path)])
     assert isinstance(result.exception, ConfigError) and "needs a local model" in str(result.exception)
+
+
+@pytest.mark.slow
+def test_code_command_without_samples_uses_the_built_in_model(embedded_dir, tmp_path):
+    out = tmp_path / "code.json"
+    run("code", "--limit", "1", "--max-new-tokens", "8", "--k", "1", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert results["model"] == "smollm2" and results["details"]["samples"] == 1
