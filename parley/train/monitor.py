@@ -101,6 +101,18 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     write_atomic(Path(path), "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
+SMOOTH_FROM = 20  # steps logged before a smoothed train curve is drawn over the raw one
+
+
+def smoothed(values, weight: float = 0.9) -> list[float]:
+    """Exponential moving average, debiased so the start is not pulled to 0 (TensorBoard's smoothing)."""
+    out, average = [], 0.0
+    for i, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**i))
+    return out
+
+
 def plot_losses(metrics: Path, out: Path) -> None:
     """Train and validation loss against step, as a PNG (written atomically)."""
     import io
@@ -115,9 +127,12 @@ def plot_losses(metrics: Path, out: Path) -> None:
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
-        ax.plot(*zip(*train), label="train", linewidth=1)
+        steps, losses = zip(*train)
+        ax.plot(steps, losses, label="train", linewidth=1, alpha=0.35, color="C0")
+        if len(train) >= SMOOTH_FROM:
+            ax.plot(steps, smoothed(losses), label="train (smoothed)", linewidth=1.5, color="C0")
     if val:
-        ax.plot(*zip(*val), "o-", label="validation", linewidth=1.5)
+        ax.plot(*zip(*val), "o-", label="validation", linewidth=1.5, color="C1")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (nats per token)")
     ax.grid(alpha=0.3)

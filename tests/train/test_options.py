@@ -123,3 +123,12 @@ def test_the_progress_bar_shows_loss_lr_speed_and_eta(llama_dir, prepared, tmp_p
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_the_loss_plot_smooths_the_train_curve_without_bias_at_the_start():
+    from parley.train.monitor import smoothed
+
+    assert smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # debiased: no pull towards 0
+    noisy = [1.0 + (0.5 if i % 2 else -0.5) for i in range(200)]
+    tail = smoothed(noisy)[100:]
+    assert max(tail) - min(tail) < 0.1 < max(noisy) - min(noisy)  # the swings are averaged out
