@@ -323,7 +323,8 @@ def train(
         final = resume_run(resume, set_)
     else:
         final = start(load_config(config, set_))
-    print(final)
+    if os.environ.get("RANK", "0") == "0":  # under accelerate launch / torchrun: once, not once per process
+        print(final)
 
 
 @app.command()

@@ -51,5 +51,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(llama_dir, p
     a, b = load_file(tmp_path / "one/final/model.safetensors"), load_file(tmp_path / "two/final/model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
-    # Only the main process writes: one line per step, one final directory.
+    # Only the main process writes: one line per step, one final directory, its path printed once.
     assert len(train_two) == 12 and not list((tmp_path / "two").glob(".tmp-*"))
+    assert two.stdout.splitlines()[-1:] == [str(tmp_path / "two" / "final")]
+    assert two.stdout.count(str(tmp_path / "two" / "final")) == 1
