@@ -12,7 +12,7 @@ code files whole, chat records as their messages' text.
 A share of the records (chosen by content hash) is held out of training; on it the command reports
 bytes per token for code and for text, beside a reference tokenizer (the embedded model's by default),
 and checks the round trip on every held-out record. The output directory holds `tokenizer.json` and
-the files transformers loads (`AutoTokenizer.from_pretrained(out)`), with a ChatML chat template.
+the files that `AutoTokenizer` loads from `out`, with a ChatML chat template.
 """
 
 from __future__ import annotations
