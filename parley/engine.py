@@ -7,17 +7,22 @@
 `generate` is `stream` joined, so the two give identical text. Each request owns a torch.Generator
 seeded from `SamplingParams.seed`, so a seed reproduces its text whatever else shares the batch.
 
-Batching: `Batch` decodes many sequences in one forward pass per token over a shared, left-padded KV
-cache. Sequences join (`add`, which prefills them alone and pads them in) and leave (`remove`) between
-steps, which is what a continuous-batching scheduler needs; `stream` is a batch of one.
+Batching: `Batch` decodes many sequences in one forward pass per token, each in its own row of a
+preallocated KV cache (`parley.kvcache.RowCache`) at its own length. Sequences join (`add_many`
+prefills all newcomers in one forward) and leave (`remove`) between steps, which is what a
+continuous-batching scheduler needs; `stream` is a batch of one. A leaving sequence's keys and
+values go to the engine's `PrefixStore`, so a later prompt that starts the same way (the next turn
+of a chat, an API client resending its history) prefills only what is new.
 
-Limits: decoder-only models (encoder-decoder models train and evaluate, but do not chat here yet);
-the KV cache is transformers' DynamicCache, which grows by concatenation.
+Detokenizing is incremental (only the newest tokens are decoded), so a reply costs linear time.
+
+Limits: decoder-only models (encoder-decoder models train and evaluate, but do not chat here yet).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 from dataclasses import dataclass, field
@@ -31,11 +36,14 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
-from transformers.cache_utils import DynamicCache
 
 from parley.errors import ConfigError, ContextError
+from parley.kvcache import PrefixStore, RowCache
 from parley.models import Loaded
 from parley.templates import encode_chat
+
+PREFILL_CHUNK = 512  # prompt tokens fed per forward: bounds the (tokens x context) mask and activations
+PREFIX_CACHE_MB = 256  # memory kept for finished sequences' keys and values (automatic prefix caching)
 
 Prompt = str | list[dict]  # a raw prompt (used as is) or chat messages (rendered with the template)
 
@@ -114,6 +122,8 @@ class Sequence:
         self.generator = torch.Generator(device=engine.loaded.device).manual_seed(seed)
         self.stops = list(params.stop) + engine.loaded.stop_strings
         self.processors = _processors(params)
+        self._full = ""  # all complete text decoded so far (held-back text included)
+        self._prefix = self._read = 0  # token offsets of the incremental detokenizer (see _decoded)
 
     @property
     def done(self) -> bool:
@@ -122,8 +132,11 @@ class Sequence:
     def pick(self, logits: torch.Tensor) -> Token:
         """Choose the next token from this sequence's logits (V,), record it, and release text."""
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        history = torch.tensor([self.prompt_ids + self.ids], device=logits.device)
-        scores = self.processors(history, logits.float()[None])[0]
+        scores = logits.float()[None]
+        if self.processors:  # the repetition penalty needs the history; the warpers ignore it
+            history = torch.tensor([self.prompt_ids + self.ids], device=logits.device)
+            scores = self.processors(history, scores)
+        scores = scores[0]
         if self.params.temperature == 0:
             token_id = int(torch.argmax(scores))
         else:
@@ -151,16 +164,21 @@ class Sequence:
         if len(self.ids) >= self.max_new_tokens:
             self.finish_reason = "length"
             return self._flush(full)
-        if full.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-            return ""
         return self._flush(full[: len(full) - _held_back(full, self.stops)])
 
     def _decoded(self) -> str:
-        return self.engine.loaded.tokenizer.decode(self.ids, skip_special_tokens=True)
+        """The reply's text so far. Decodes only the newest tokens, with the few before them as context
+        (as vLLM and TGI do), so a reply costs linear time, not quadratic; text ending in half a
+        multi-byte character waits for the rest."""
+        decode = self.engine.loaded.tokenizer.decode
+        before = decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        after = decode(self.ids[self._prefix :], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._full += after[len(before) :]
+            self._prefix, self._read = self._read, len(self.ids)
+        return self._full
 
     def _flush(self, upto: str) -> str:
-        if self.done:  # the last of the text, minus any incomplete character
-            upto = upto.rstrip("\ufffd")
         new = upto[len(self.text) :] if upto.startswith(self.text) else ""
         self.text += new
         return new
@@ -193,82 +211,115 @@ def _processors(params: SamplingParams) -> LogitsProcessorList:
 
 
 class Batch:
-    """Sequences decoded together: one forward pass per step over a left-padded shared KV cache."""
+    """Sequences decoded together, one forward pass per step, each in its own row of a RowCache."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
         self.seqs: list[Sequence] = []
-        self.cache: DynamicCache | None = None
-        self.mask: torch.Tensor | None = None  # (B, T) 1 = real token, 0 = left padding
+        self.lengths: list[int] = []  # tokens in the cache, per row (the next token's position)
+        self.cache = RowCache(engine.loaded.context_window)
 
     def __len__(self) -> int:
         return len(self.seqs)
 
-    @torch.inference_mode()
     def add(self, seq: Sequence) -> Token:
-        """Prefill `seq` alone, pick its first token, and pad its cache into the batch."""
-        model, device = self.engine.loaded.model, self.engine.loaded.device
-        ids = torch.tensor([seq.prompt_ids], device=device)
-        out = model(input_ids=ids, use_cache=True, cache=DynamicCache(config=model.config))
-        token = seq.pick(out.logits[0, -1])
-        mask = torch.ones(1, ids.shape[1], dtype=torch.long, device=device)
-        if self.cache is None:
-            self.cache, self.mask = out.cache, mask
-        else:
-            self._merge(out.cache, mask)
-        self.seqs.append(seq)
-        return token
+        """Prefill `seq`, pick its first token, and keep it in the batch."""
+        return self.add_many([seq])[0]
+
+    @torch.inference_mode()
+    def add_many(self, seqs: list[Sequence]) -> list[Token]:
+        """Prefill `seqs` together (from a stored prefix where one matches) and pick each one's first token."""
+        first = len(self.seqs)
+        reused = []
+        for row, seq in enumerate(seqs, start=first):
+            length, saved = self.engine.prefixes.longest(seq.prompt_ids)
+            if length:
+                self.cache.restore(row, saved, length)
+            reused.append(length)
+        logits = self._prefill(first, [seq.prompt_ids[n:] for seq, n in zip(seqs, reused)], reused)
+        self.seqs += seqs
+        self.lengths += [len(seq.prompt_ids) for seq in seqs]
+        return [seq.pick(row) for seq, row in zip(seqs, logits)]
 
     @torch.inference_mode()
     def step(self) -> list[Token]:
         """Advance every sequence by one token; tokens come back in `self.seqs` order."""
         device = self.engine.loaded.device
         last = torch.tensor([[s.ids[-1]] for s in self.seqs], device=device)  # (B, 1)
-        positions = self.mask.sum(dim=1, keepdim=True)  # (B, 1): each row's own next position
-        self.mask = torch.cat([self.mask, torch.ones_like(last)], dim=1)
-        out = self.engine.loaded.model(
-            input_ids=last, attention_mask=self.mask, position_ids=positions,
-            cache=self.cache, use_cache=True,
-        )
-        self.cache = out.cache
-        return [seq.pick(out.logits[i, -1]) for i, seq in enumerate(self.seqs)]
+        positions = torch.tensor(self.lengths, device=device)[:, None]  # (B, 1): each row's own next position
+        logits = self._forward(0, last, positions)[:, -1]
+        self.lengths = [n + 1 for n in self.lengths]
+        return [seq.pick(logits[i]) for i, seq in enumerate(self.seqs)]
 
+    @torch.inference_mode()
     def remove(self, seq: Sequence) -> None:
-        keep = [i for i, s in enumerate(self.seqs) if s is not seq]
-        self.seqs = [self.seqs[i] for i in keep]
-        if not self.seqs:
-            self.cache = self.mask = None
-            return
-        index = torch.tensor(keep, device=self.mask.device)
-        self.mask = self.mask[index]
-        pad = int((self.mask.sum(dim=0) == 0).long().cumprod(0).sum())  # columns now padding in every row
-        self.mask = self.mask[:, pad:]
-        for layer in self.cache.layers:
-            layer.keys, layer.values = layer.keys[index, :, pad:], layer.values[index, :, pad:]
+        """Take `seq` out (its keys and values are offered to the prefix store); the last row fills its place."""
+        row = next(i for i, s in enumerate(self.seqs) if s is seq)
+        prefixes = self.engine.prefixes
+        if prefixes.budget:
+            length = self.lengths[row]
+            prefixes.add((seq.prompt_ids + seq.ids)[:length], self.cache.snapshot(row, length))
+        last = len(self.seqs) - 1
+        if row != last:
+            self.cache.move_row(last, row)
+            self.seqs[row], self.lengths[row] = self.seqs[last], self.lengths[last]
+        self.seqs.pop()
+        self.lengths.pop()
+        if not self.seqs:  # give the memory back: the next sequences size the cache anew
+            self.cache = RowCache(self.engine.loaded.context_window)
 
-    def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
-        length, new = self.mask.shape[1], mask.shape[1]
-        width = max(length, new)
-        self.mask = torch.cat([_left_pad(self.mask, width, dim=1), _left_pad(mask, width, dim=1)])
-        for mine, theirs in zip(self.cache.layers, cache.layers):  # (B, heads, T, head_dim)
-            mine.keys = torch.cat([_left_pad(mine.keys, width, 2), _left_pad(theirs.keys, width, 2)])
-            mine.values = torch.cat([_left_pad(mine.values, width, 2), _left_pad(theirs.values, width, 2)])
+    def _prefill(self, first: int, pending: list[list[int]], done: list[int]) -> list[torch.Tensor]:
+        """Feed each new row its `pending` ids (after `done` reused ones), PREFILL_CHUNK at a time;
+        return each row's logits for the token after its prompt.
 
+        Rows are right-aligned within a chunk: a shorter row's padding comes first, so every row's
+        last real token is the chunk's last column. Padding is written past the row's end (clamped
+        into the window), where the mask hides it and the row's later tokens overwrite it."""
+        device = self.engine.loaded.device
+        limit = self.engine.loaded.context_window
+        pad = self.engine.loaded.tokenizer.pad_token_id or 0
+        logits: list[torch.Tensor | None] = [None] * len(pending)
+        offset = 0
+        while offset < max(len(p) for p in pending):
+            pieces = [p[offset : offset + PREFILL_CHUNK] for p in pending]
+            width = max(len(piece) for piece in pieces)
+            ids, positions = [], []
+            for piece, base, p in zip(pieces, done, pending):
+                start = base + min(offset, len(p))
+                real = list(range(start, start + len(piece)))
+                padding = [min(start + len(piece) + k, limit - 1) for k in range(width - len(piece))]
+                ids.append([pad] * len(padding) + piece)
+                positions.append(padding + real)
+            out = self._forward(first, torch.tensor(ids, device=device), torch.tensor(positions, device=device))
+            for b, (piece, p) in enumerate(zip(pieces, pending)):
+                if piece and offset + len(piece) == len(p):
+                    logits[b] = out[b, -1]
+            offset += PREFILL_CHUNK
+        return logits
 
-def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    missing = width - t.shape[dim]
-    if missing == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+    def _forward(self, first: int, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Run the model on rows first.. of the cache; (B, q) ids at (B, q) positions -> (B, 1, V) last logits."""
+        engine = self.engine
+        self.cache.plan(first, positions)
+        mask = self.cache.mask(engine.dtype, engine.sliding_window)
+        extra = {"logits_to_keep": 1} if engine.keeps_logits else {}
+        out = engine.loaded.model(
+            input_ids=ids, position_ids=positions, attention_mask=mask, cache=self.cache, use_cache=True, **extra,
+        )
+        return out.logits[:, -1:]
 
 
 class Engine:
     """Generation over one loaded model. Not thread-safe: one caller (or one scheduler) drives it."""
 
-    def __init__(self, loaded: Loaded):
+    def __init__(self, loaded: Loaded, prefix_cache_mb: int = PREFIX_CACHE_MB):
         self.loaded = loaded
+        model = loaded.model
+        self.dtype = next(model.parameters()).dtype
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a peft adapter
+        self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self.sliding_window = _sliding_window(base.config)
+        self.prefixes = PrefixStore(prefix_cache_mb * 2**20)
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         tokenizer = self.loaded.tokenizer
@@ -304,6 +355,15 @@ class Engine:
     def count(self, messages: list[dict], add_generation_prompt: bool = True) -> int:
         """Exact prompt length of `messages` in tokens, as the model would see them."""
         return len(encode_chat(self.loaded.tokenizer, self.loaded.template, messages, add_generation_prompt))
+
+
+def _sliding_window(config) -> int | None:
+    """The attention window when every layer slides (Mistral-style); None for full attention."""
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or not getattr(config, "use_sliding_window", True):
+        return None
+    kinds = set(getattr(config, "layer_types", None) or ["sliding_attention"])
+    return window if kinds == {"sliding_attention"} else None
 
 
 def perplexity_of(logprobs: list[float]) -> float:
