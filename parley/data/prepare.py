@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +34,7 @@ from parley.data.records import Bad, Record
 from parley.data.sources import Source, parse
 from parley.data.tokenize import IGNORE, Encoder, Example, Packer
 from parley.errors import ConfigError, DataError
+from parley.files import atomic_dir
 from parley.templates import fingerprint
 
 FORMAT = 1  # bump when the layout on disk changes
@@ -93,20 +91,15 @@ def prepare(
     sources = check_inputs(specs, out, config)
     out = Path(out)
     max_len = config.max_len or min(context_window, 2048)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
-    try:
+    with atomic_dir(out) as tmp:
         manifest = _build(sources, tmp, tokenizer, template, config, max_len, progress)
         manifest.update(model=model, chat_template=template, template_fingerprint=fingerprint(template))
         manifest["tokenizer"] = tokenizer_info(tokenizer)
         manifest["settings"] = {**asdict(config), "max_len": max_len}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        _commit(tmp, out, config.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if _occupied(out) and not config.overwrite:
+            raise DataError(f"{out} appeared while preparing; choose another --out or pass --overwrite")
     return manifest
 
 
@@ -318,21 +311,6 @@ class _SplitWriter:
 
 def _occupied(out: Path) -> bool:
     return out.exists() and (not out.is_dir() or any(out.iterdir()))
-
-
-def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished directory into place; an old `out` is removed only after that succeeded."""
-    if _occupied(out):
-        if not overwrite:
-            raise DataError(f"{out} appeared while preparing; choose another --out or pass --overwrite")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    else:
-        if out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
 
 
 def prepare_for_model(specs: list[str], out: Path, model: str, config: PrepareConfig, progress=lambda m: None) -> dict:
