@@ -115,14 +115,14 @@ def data_prepare(
 
     config = PrepareConfig(max_len=max_len, val_ratio=val_ratio, pack=pack, skip_bad=skip_bad, overwrite=overwrite)
     manifest = prepare_for_model(source, out, model, config, progress=lambda m: print(m, file=sys.stderr))
-    splits = manifest["splits"]
+    splits = manifest.splits
     print(f"{out}: train {splits['train']['examples']:,} examples ({splits['train']['tokens']:,} tokens), "
           f"validation {splits['validation']['examples']:,} ({splits['validation']['tokens']:,} tokens)")
-    if manifest["bad_skipped"]:
-        print(f"skipped {manifest['bad_skipped']} bad records, e.g. {manifest['bad_examples'][0]}")
-    dropped = manifest["length_changes"]["too_long"]
+    if manifest.bad_skipped:
+        print(f"skipped {manifest.bad_skipped} bad records, e.g. {manifest.bad_examples[0]}")
+    dropped = manifest.length_changes["too_long"]
     if dropped:
-        print(f"dropped {dropped} records longer than {manifest['settings']['max_len']} tokens even after dropping turns")
+        print(f"dropped {dropped} records longer than {manifest.settings['max_len']} tokens even after dropping turns")
 
 
 @data_app.command("stats")
