@@ -12,7 +12,7 @@ import click
 import pytest
 import typer.main
 
-from parley.cli import app
+from parley.cli import app, default
 from parley.data.prepare import PrepareConfig
 from parley.eval.code import CodeEvalConfig
 from parley.eval.completions import GenerationConfig
@@ -52,11 +52,6 @@ def command(path: str) -> click.Command:
     return found
 
 
-def field_default(config, name):
-    f = {f.name: f for f in dataclasses.fields(config)}[name]
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
-
-
 @pytest.mark.parametrize("verb, configs, at_least", mirrors())
 def test_cli_defaults_are_the_dataclass_defaults(verb, configs, at_least):
     compared = {}
@@ -64,7 +59,7 @@ def test_cli_defaults_are_the_dataclass_defaults(verb, configs, at_least):
         name, convert = RENAMED.get(param.name, (param.name, None))
         for config in configs:
             if name in {f.name for f in dataclasses.fields(config)}:
-                want = field_default(config, name)
+                want = default(config, name)
                 compared[param.name] = (param.default, convert(want) if convert else want)
     assert {k: cli for k, (cli, _) in compared.items()} == {k: lib for k, (_, lib) in compared.items()}
     assert len(compared) >= at_least, f"only {sorted(compared)} of `parley {verb}` matched a field"
