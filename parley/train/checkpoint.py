@@ -16,10 +16,11 @@ Multi-machine runs need RUN_DIR on a filesystem every machine sees (the usual cl
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
+
+from parley.files import TMP_PREFIX, TRASH_PREFIX, discard, replace_dir
 
 DIRNAME = "checkpoints"
 PREFIX = "step-"
@@ -30,7 +31,7 @@ def save(accelerator, run_dir: Path, step: int, val_loss: float | None, keep_las
     """Save the accelerator's state as the checkpoint of `step`; every process must call this."""
     root = Path(run_dir) / DIRNAME
     final = root / f"{PREFIX}{step:08d}"
-    tmp = root / f".tmp-{final.name}"
+    tmp = root / f"{TMP_PREFIX}{final.name}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -41,11 +42,7 @@ def save(accelerator, run_dir: Path, step: int, val_loss: float | None, keep_las
     if accelerator.is_main_process:
         meta = {"step": step, "val_loss": val_loss, "time": time.time()}
         (tmp / META).write_text(json.dumps(meta) + "\n")
-        _fsync_tree(tmp)
-        if final.exists():  # the same step saved again (a resumed run re-reaching it)
-            _discard(final)
-        os.rename(tmp, final)
-        _fsync_dir(root)
+        replace_dir(tmp, final)  # an existing `final`: the same step saved again (a resumed run re-reaching it)
         prune(run_dir, keep_last, keep_best)
     accelerator.wait_for_everyone()
     return final
@@ -88,7 +85,7 @@ def prune(run_dir: Path, keep_last: int, keep_best: bool) -> None:
         keep.add(best_path)
     for _, path in found:
         if path not in keep:
-            _discard(path)
+            discard(path)
 
 
 def clean_leftovers(run_dir: Path) -> None:
@@ -96,50 +93,5 @@ def clean_leftovers(run_dir: Path) -> None:
     root = Path(run_dir) / DIRNAME
     if root.is_dir():
         for path in root.iterdir():
-            if path.name.startswith((".tmp-", ".trash-")):
+            if path.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Make the fully written directory `tmp` appear at `target` in one rename (fsynced)."""
-    _fsync_tree(tmp)
-    if target.exists():
-        _discard(target)
-    os.rename(tmp, target)
-    _fsync_dir(target.parent)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `path` so that readers see the old content or the new, never a mix."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _discard(path: Path) -> None:
-    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
-    os.rename(path, trash)  # atomic: the name disappears at once, the bytes after
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(folder))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

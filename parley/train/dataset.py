@@ -13,15 +13,15 @@ trained with travels with it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from parley.data.manifest import FILENAME as MANIFEST
+from parley.data.manifest import Manifest
 from parley.errors import DataError
 from parley.templates import fingerprint
 from parley.train.batches import seq2seq_rows
 
-MANIFEST = "manifest.json"
 COLUMNS = ("input_ids", "labels", "position_ids")  # what training reads; `source` is for people
 
 
@@ -101,15 +101,13 @@ def _prepared_for(target: Path, spec: str) -> bool:
     """Whether `target` already holds `spec` prepared (by an earlier attempt of this run)."""
     if not (target / MANIFEST).is_file():
         return False
-    manifest = json.loads((target / MANIFEST).read_text())
-    return [s.get("spec") for s in manifest.get("sources", [])] == [spec]
+    return [s.get("spec") for s in Manifest.read(target).sources] == [spec]
 
 
 def _agreed_template(prepared: list[Path], model_template: str) -> str:
     found = {}
     for d in prepared:
-        manifest = _manifest(d)
-        found.setdefault(manifest.get("chat_template") or model_template, d)
+        found.setdefault(Manifest.read(d).chat_template or model_template, d)
     if len(found) > 1:
         names = ", ".join(f"{d} ({fingerprint(t)})" for t, d in found.items())
         raise DataError(f"the prepared data sources use different chat templates: {names}; prepare them again with one model")
@@ -119,7 +117,7 @@ def _agreed_template(prepared: list[Path], model_template: str) -> str:
 def _check_tokenizer(d: Path, spec: str, tokenizer) -> None:
     from parley.data.prepare import tokenizer_info
 
-    theirs = _manifest(d).get("tokenizer", {})
+    theirs = Manifest.read(d).tokenizer
     ours = tokenizer_info(tokenizer)
     if theirs.get("vocab_fingerprint") != ours["vocab_fingerprint"]:
         raise DataError(
@@ -127,13 +125,6 @@ def _check_tokenizer(d: Path, spec: str, tokenizer) -> None:
             f"{theirs.get('vocab_fingerprint')}) than the model's ({ours['name']}, {ours['vocab_fingerprint']}): "
             f"its token ids would mean other words; prepare it again with `parley data prepare --model` set to the model you train"
         )
-
-
-def _manifest(d: Path) -> dict:
-    try:
-        return json.loads((d / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{d / MANIFEST}: unreadable ({e}); prepare the data again") from None
 
 
 def _training_columns(split, seq2seq: bool):

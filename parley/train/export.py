@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from parley.errors import ConfigError, ModelLoadError
-from parley.train.checkpoint import replace_dir
+from parley.files import replace_dir
 
 
 def export(source: Path, out: Path, merge_lora: bool = False) -> Path:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from parley.errors import ConfigError, ParleyError
+from parley.files import replace_dir, write_atomic
 from parley.train import checkpoint, dataset
 from parley.train.batches import IGNORE, Plan, collate, learned_tokens
 from parley.train.config import TrainConfig, apply_overrides, from_dict, to_dict
@@ -125,7 +126,7 @@ def _run(config: TrainConfig, resuming: bool) -> Path:
     else:
         set_seed(config.seed + accelerator.process_index)  # dropout differs per process
     if accelerator.is_main_process:
-        checkpoint.write_atomic(run_dir / CONFIG_FILE, (json.dumps(to_dict(config), indent=1) + "\n").encode())
+        write_atomic(run_dir / CONFIG_FILE, json.dumps(to_dict(config), indent=1) + "\n")
         truncate_metrics(run_dir / "metrics.jsonl", state.step if resumed_from else -1)
     accelerator.wait_for_everyone()
 
@@ -415,7 +416,7 @@ def _save_final(accelerator, model, loaded, template: str, config: TrainConfig, 
         tokenizer = loaded.tokenizer
         tokenizer.chat_template = template
         tokenizer.save_pretrained(str(tmp))
-        checkpoint.replace_dir(tmp, final)
+        replace_dir(tmp, final)
         monitor.say(f"saved {final}")
     accelerator.wait_for_everyone()
     return final

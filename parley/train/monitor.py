@@ -14,7 +14,7 @@ import math
 import time
 from pathlib import Path
 
-from parley.train.checkpoint import write_atomic
+from parley.files import write_atomic
 
 METRICS = "metrics.jsonl"
 PLOT = "loss.png"

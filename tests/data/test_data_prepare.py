@@ -8,6 +8,7 @@ import sys
 import datasets
 import pytest
 
+from parley.data.manifest import Manifest
 from parley.data.prepare import PrepareConfig, prepare
 from parley.data.tokenize import IGNORE
 from parley.data.view import render_example, stats
@@ -40,8 +41,8 @@ def test_writes_dataset_and_manifest(tmp_path, corpus, chat_tokenizer):
     assert set(data) == {"train", "validation"} and set(data["train"].column_names) == {"input_ids", "labels", "source"}
     assert len(data["train"]) + len(data["validation"]) == 61
     assert 0 < len(data["validation"]) < 61 * 0.5
+    assert Manifest.read(out) == manifest
     on_disk = json.loads((out / "manifest.json").read_text())
-    assert on_disk == json.loads(json.dumps(manifest))
     assert [s["spec"] for s in on_disk["sources"]] == corpus and on_disk["sources"][0]["records"] == 60
     assert on_disk["records"] == 61 and on_disk["model"] == "test-model"
     assert on_disk["chat_template"] == chat_tokenizer.chat_template
@@ -57,7 +58,7 @@ def test_writes_dataset_and_manifest(tmp_path, corpus, chat_tokenizer):
 def test_split_is_stable_across_runs_and_by_content(tmp_path, corpus, chat_tokenizer):
     a = run(corpus, tmp_path / "a", chat_tokenizer)
     b = run(corpus, tmp_path / "b", chat_tokenizer)
-    assert a["content_hash"] == b["content_hash"] and a["splits"] == b["splits"]
+    assert a.content_hash == b.content_hash and a.splits == b.splits
     # The same records in another order and among others keep their split.
     shuffled = write_jsonl(tmp_path / "shuffled.jsonl", chats(40, start=60)[::2] + chats(60)[::-1])
     run([str(shuffled)], tmp_path / "c", chat_tokenizer)
@@ -69,7 +70,7 @@ def test_split_is_stable_across_runs_and_by_content(tmp_path, corpus, chat_token
     old = {t for t in validation_texts(tmp_path / "a") if "What is" in t}
     new = validation_texts(tmp_path / "c")
     assert old and old <= new
-    assert a["content_hash"] != run(corpus, tmp_path / "d", chat_tokenizer, PrepareConfig(val_ratio=0.5))["content_hash"]
+    assert a.content_hash != run(corpus, tmp_path / "d", chat_tokenizer, PrepareConfig(val_ratio=0.5)).content_hash
 
 
 def test_bad_records_stop_with_count_and_first_ten_and_nothing_written(tmp_path, chat_tokenizer):
@@ -87,8 +88,8 @@ def test_bad_records_stop_with_count_and_first_ten_and_nothing_written(tmp_path,
     assert sorted(os.listdir(tmp_path)) == ["bad.jsonl"]
 
     manifest = run([str(path)], out, chat_tokenizer, PrepareConfig(skip_bad=True))
-    assert manifest["bad_skipped"] == 14 and manifest["records"] == 16
-    assert manifest["bad_examples"][0] == f"{path}:4: no assistant reply to learn from"
+    assert manifest.bad_skipped == 14 and manifest.records == 16
+    assert manifest.bad_examples[0] == f"{path}:4: no assistant reply to learn from"
 
 
 def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, corpus, chat_tokenizer):
@@ -115,7 +116,7 @@ def test_failure_midway_leaves_no_partial_output(tmp_path, corpus, chat_tokenize
 def test_packing(tmp_path, corpus, chat_tokenizer):
     manifest = run(corpus, tmp_path / "p", chat_tokenizer, PrepareConfig(pack=True, max_len=64, val_ratio=0))
     train = datasets.load_from_disk(str(tmp_path / "p"))["train"]
-    assert manifest["splits"]["train"]["records"] == 61 and len(train) < 61
+    assert manifest.splits["train"]["records"] == 61 and len(train) < 61
     for row in train:
         assert len(row["input_ids"]) <= 64 and row["position_ids"][0] == 0
         assert len(row["position_ids"]) == len(row["input_ids"])
@@ -130,8 +131,8 @@ def test_stats_and_show(tmp_path, corpus, chat_tokenizer):
     manifest = run(corpus, out, chat_tokenizer)
     report = stats(out)
     train = report["splits"]["train"]
-    assert train["examples"] == manifest["splits"]["train"]["examples"]
-    assert train["loss_share"] == round(manifest["splits"]["train"]["loss_tokens"] / manifest["splits"]["train"]["tokens"], 4)
+    assert train["examples"] == manifest.splits["train"]["examples"]
+    assert train["loss_share"] == round(manifest.splits["train"]["loss_tokens"] / manifest.splits["train"]["tokens"], 4)
     assert sum(n for _, _, n in train["histogram"]) == train["examples"]
 
     row = datasets.load_from_disk(str(out))["train"][0]

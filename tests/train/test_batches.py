@@ -100,10 +100,3 @@ def test_half_written_and_half_deleted_checkpoints_are_ignored_then_cleaned(acc,
     assert checkpoint.latest(tmp_path).name == "step-00000002"
     checkpoint.clean_leftovers(tmp_path)
     assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000006"]
-
-
-def test_write_atomic_replaces_whole_files(tmp_path):
-    target = tmp_path / "config.json"
-    checkpoint.write_atomic(target, b"old")
-    checkpoint.write_atomic(target, b"new")
-    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["config.json"]
