@@ -344,10 +344,14 @@ class Engine:
         """Yield tokens as they are produced. Closing the generator stops decoding."""
         seq = self.start(prompt, params or SamplingParams())
         batch = Batch(self)
-        yield batch.add(seq)
-        while not seq.done:
-            (token,) = batch.step()
+        token = batch.add(seq)
+        try:
             yield token
+            while not seq.done:
+                (token,) = batch.step()
+                yield token
+        finally:  # also when the caller stops early: what was computed goes to the prefix store
+            batch.remove(seq)
 
     def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> str:
         return "".join(token.text for token in self.stream(prompt, params))
