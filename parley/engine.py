@@ -1,15 +1,19 @@
-"""The one generation engine: every front end (terminal chat, server, web page, evaluation) decodes here.
+"""The one engine interface every front end uses, and the local engine that decodes here.
 
-    engine = Engine(models.load("smollm2"))
+    engine = backend.open("smollm2")          # an Engine: LocalEngine here, RemoteEngine for openai:NAME
     engine.generate([{"role": "user", "content": "Hi"}], SamplingParams(temperature=0))   # -> str
     for token in engine.stream("def fib(n):", SamplingParams(max_new_tokens=64)): ...    # -> Token
+    engine.count(messages); engine.fit(messages, max_new_tokens)                         # -> int, Fitted
+    driver = engine.driver(max_batch=8, max_queue=64)       # many prompts at once (batching.py)
 
-`generate` is `stream` joined, so the two give identical text. Each request owns a torch.Generator
-seeded from `SamplingParams.seed`, so a seed reproduces its text whatever else shares the batch.
+`Engine` is a Protocol: `LocalEngine` (below) and `parley.remote.RemoteEngine` implement it, and front
+ends hold an `Engine` without asking which. `generate` is `stream` joined, so the two give identical
+text. Each local request owns a torch.Generator seeded from `SamplingParams.seed`, so a seed
+reproduces its text whatever else shares the batch.
 
 Batching: `Batch` decodes many sequences in one forward pass per token over a shared, left-padded KV
 cache. Sequences join (`add`, which prefills them alone and pads them in) and leave (`remove`) between
-steps, which is what a continuous-batching scheduler needs; `stream` is a batch of one.
+steps, which is what the continuous-batching driver (batching.py) needs; `stream` is a batch of one.
 
 Limits: decoder-only models (encoder-decoder models train and evaluate, but do not chat here yet);
 the KV cache is transformers' DynamicCache, which grows by concatenation.
@@ -21,7 +25,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 from transformers import (
@@ -33,6 +37,8 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicCache
 
+from parley.batching import BatchDriver, Driver
+from parley.conversation import Fitted, fit_messages, reply_room
 from parley.errors import ConfigError, ContextError
 from parley.models import Loaded
 from parley.templates import encode_chat
@@ -264,11 +270,41 @@ def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
-class Engine:
-    """Generation over one loaded model. Not thread-safe: one caller (or one scheduler) drives it."""
+@runtime_checkable
+class Engine(Protocol):
+    """What every front end may ask of a model, local or remote."""
+
+    spec: str  # what the user asked for ("smollm2", a path, a hub id, openai:NAME)
+    context_window: int  # the longest sequence (prompt + reply) the model can attend over, in tokens
+
+    def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> str: ...
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[Token]: ...
+
+    def count(self, messages: list[dict], add_generation_prompt: bool = True) -> int: ...
+
+    def fit(self, messages: list[dict], max_new_tokens: int) -> Fitted:
+        """`messages` cut to the context window by the rolling-buffer rule, with room left for the reply."""
+        ...
+
+    def driver(self, max_batch: int = 8, max_queue: int = 64) -> Driver:
+        """A started continuous-batching driver over this engine (batching.py)."""
+        ...
+
+
+class LocalEngine:
+    """Generation over one loaded model. Not thread-safe: one caller (or one driver) drives it."""
 
     def __init__(self, loaded: Loaded):
         self.loaded = loaded
+
+    @property
+    def spec(self) -> str:
+        return self.loaded.spec
+
+    @property
+    def context_window(self) -> int:
+        return self.loaded.context_window
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         tokenizer = self.loaded.tokenizer
@@ -304,6 +340,19 @@ class Engine:
     def count(self, messages: list[dict], add_generation_prompt: bool = True) -> int:
         """Exact prompt length of `messages` in tokens, as the model would see them."""
         return len(encode_chat(self.loaded.tokenizer, self.loaded.template, messages, add_generation_prompt))
+
+    def fit(self, messages: list[dict], max_new_tokens: int) -> Fitted:
+        """Exact: rendered and tokenized (conversation.py), leaving `reply_room` tokens for the reply."""
+        budget = self.loaded.context_window - reply_room(self.loaded.context_window, max_new_tokens)
+        return fit_messages(messages, self.loaded.tokenizer, self.loaded.template, budget)
+
+    def piece(self, token_id: int) -> str:
+        """One token's own text (what logprobs report), which may be part of a character."""
+        return self.loaded.tokenizer.decode([token_id])
+
+    def driver(self, max_batch: int = 8, max_queue: int = 64) -> BatchDriver:
+        """One thread decoding up to `max_batch` sequences together (batching.BatchDriver)."""
+        return BatchDriver(self, lambda: Batch(self), max_batch, max_queue)
 
 
 def perplexity_of(logprobs: list[float]) -> float:
