@@ -6,8 +6,8 @@
 
 The conversation itself (history, fit to the context window, stored turns) is a `session.Session`,
 the same one the server's conversations API uses; this module only draws it. Every turn is written
-to the SQLite store as it happens, so a crash loses at most the reply in progress. Ctrl-C stops the reply being written (the partial reply is kept) and never the session;
-Ctrl-D or /quit leaves.
+to the SQLite store as it happens, so a crash loses at most the reply in progress. Ctrl-C stops the
+reply being written (the partial reply is kept) and never the session; Ctrl-D or /quit leaves.
 """
 
 from __future__ import annotations
