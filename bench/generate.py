@@ -55,9 +55,9 @@ def main() -> None:
 def compare(loaded, new_tokens: int, repeats: int) -> dict:
     import torch
 
-    from parley.engine import Engine, SamplingParams
+    from parley.engine import LocalEngine, SamplingParams
 
-    engine = Engine(dataclasses.replace(loaded, stop_ids=[]))  # decode exactly new_tokens tokens
+    engine = LocalEngine(dataclasses.replace(loaded, stop_ids=[]))  # decode exactly new_tokens tokens
     ids = engine.prompt_ids(PROMPT)
     params = SamplingParams(temperature=0, max_new_tokens=new_tokens)
 

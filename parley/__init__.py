@@ -1,6 +1,6 @@
 """Parley: make your own conversational and coding assistant.
 
-Data flows one way: data -> tokenize -> train -> checkpoint -> models.load -> Engine ->
+Data flows one way: data -> tokenize -> train -> checkpoint -> backend.open -> Engine ->
 chat / serve / eval. See shared/DESIGN.md for the map.
 """
 

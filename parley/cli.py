@@ -188,9 +188,9 @@ def tokenizer_train(
     config.check()
     reference = None
     if compare:
-        from parley import models
+        from parley import backend
 
-        reference = models.load(compare, device="cpu").tokenizer
+        reference = backend.local(compare, device="cpu", purpose="--compare").tokenizer
     print(json.dumps(train_and_report(source, out, config, reference, compare), indent=1))
 
 
@@ -206,10 +206,9 @@ def _ks(text: str) -> tuple[int, ...]:
 
 
 def _eval_engine(model: str, base_url: Optional[str], device: str, dtype: str):
-    from parley import models
-    from parley.remote import engine_for
+    from parley import backend
 
-    return engine_for(models.load(model, device=device, dtype=dtype, base_url=base_url))
+    return backend.open(model, device=device, dtype=dtype, base_url=base_url)
 
 
 def _print_results(results: dict, json_path: Path, md_path: Path) -> None:
@@ -277,14 +276,12 @@ def eval_perplexity(
     out: Optional[Path] = EvalOutOption,
 ) -> None:
     """Perplexity and bits per byte on text or code, with sliding windows (local models)."""
-    from parley import models
+    from parley import backend
     from parley.eval.perplexity import evaluate
     from parley.eval.report import default_out
 
-    if model.startswith("openai:"):
-        raise ConfigError("perplexity needs a local model: a remote API does not score given text")
     config = PerplexityConfig(window=window, stride=stride, split=split, max_tokens=max_tokens)
-    loaded = models.load(model, device=device, dtype=dtype)
+    loaded = backend.local(model, device=device, dtype=dtype, purpose="perplexity")
     _print_results(*evaluate(loaded, model, source, config, out or default_out("perplexity", model)))
 
 

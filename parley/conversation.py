@@ -8,7 +8,8 @@ One rule, used by the chat, the server and data preparation alike:
   result says so.
 
 Token counts are exact: every candidate is rendered with the chat template and tokenized, since
-templates add tokens around each message that a per-message count would miss.
+templates add tokens around each message that a per-message count would miss. How much room to
+leave for the reply is `reply_room` (the engines' `fit` use it; chat and the server alike).
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ class Fitted:
         if self.truncated_tokens:
             parts.append(f"cut {self.truncated_tokens} tokens from the start of the last message")
         return ("context full: " + "; ".join(parts)) if parts else None
+
+
+def reply_room(window: int, max_new_tokens: int) -> int:
+    """Tokens kept free for the reply: all it may use, but at most half the window, so that a large
+    max_new_tokens shortens the reply's room rather than leaving no room for the conversation."""
+    return min(max_new_tokens, window // 2)
 
 
 def fit_messages(

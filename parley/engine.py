@@ -1,16 +1,20 @@
-"""The one generation engine: every front end (terminal chat, server, web page, evaluation) decodes here.
+"""The one engine interface every front end uses, and the local engine that decodes here.
 
-    engine = Engine(models.load("smollm2"))
+    engine = backend.open("smollm2")          # an Engine: LocalEngine here, RemoteEngine for openai:NAME
     engine.generate([{"role": "user", "content": "Hi"}], SamplingParams(temperature=0))   # -> str
     for token in engine.stream("def fib(n):", SamplingParams(max_new_tokens=64)): ...    # -> Token
+    engine.count(messages); engine.fit(messages, max_new_tokens)                         # -> int, Fitted
+    driver = engine.driver(max_batch=8, max_queue=64)       # many prompts at once (batching.py)
 
-`generate` is `stream` joined, so the two give identical text. Each request owns a torch.Generator
-seeded from `SamplingParams.seed`, so a seed reproduces its text whatever else shares the batch.
+`Engine` is a Protocol: `LocalEngine` (below) and `parley.remote.RemoteEngine` implement it, and front
+ends hold an `Engine` without asking which. `generate` is `stream` joined, so the two give identical
+text. Each local request owns a torch.Generator seeded from `SamplingParams.seed`, so a seed
+reproduces its text whatever else shares the batch.
 
 Batching: `Batch` decodes many sequences in one forward pass per token, each in its own row of a
 preallocated KV cache (`parley.kvcache.RowCache`) at its own length. Sequences join (`add_many`
-prefills all newcomers in one forward) and leave (`remove`) between steps, which is what a
-continuous-batching scheduler needs; `stream` is a batch of one. A leaving sequence's keys and
+prefills all newcomers in one forward) and leave (`remove`) between steps, which is what the
+continuous-batching driver (batching.py) needs; `stream` is a batch of one. A leaving sequence's keys and
 values go to the engine's `PrefixStore`, so a later prompt that starts the same way (the next turn
 of a chat, an API client resending its history) prefills only what is new.
 
@@ -26,7 +30,7 @@ import inspect
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 from transformers import (
@@ -37,6 +41,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from parley.batching import BatchDriver, Driver
+from parley.conversation import Fitted, fit_messages, reply_room
 from parley.errors import ConfigError, ContextError
 from parley.kvcache import PrefixStore, RowCache
 from parley.models import Loaded
@@ -111,7 +117,7 @@ class Token:
 class Sequence:
     """One request being decoded: its prompt, sampling state, and the reply text released so far."""
 
-    def __init__(self, engine: Engine, prompt_ids: list[int], params: SamplingParams):
+    def __init__(self, engine: LocalEngine, prompt_ids: list[int], params: SamplingParams):
         self.engine, self.params = engine, params
         self.prompt_ids = prompt_ids
         self.ids: list[int] = []  # generated token ids
@@ -213,7 +219,7 @@ def _processors(params: SamplingParams) -> LogitsProcessorList:
 class Batch:
     """Sequences decoded together, one forward pass per step, each in its own row of a RowCache."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: LocalEngine):
         self.engine = engine
         self.seqs: list[Sequence] = []
         self.lengths: list[int] = []  # tokens in the cache, per row (the next token's position)
@@ -309,8 +315,30 @@ class Batch:
         return out.logits[:, -1:]
 
 
-class Engine:
-    """Generation over one loaded model. Not thread-safe: one caller (or one scheduler) drives it."""
+@runtime_checkable
+class Engine(Protocol):
+    """What every front end may ask of a model, local or remote."""
+
+    spec: str  # what the user asked for ("smollm2", a path, a hub id, openai:NAME)
+    context_window: int  # the longest sequence (prompt + reply) the model can attend over, in tokens
+
+    def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> str: ...
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[Token]: ...
+
+    def count(self, messages: list[dict], add_generation_prompt: bool = True) -> int: ...
+
+    def fit(self, messages: list[dict], max_new_tokens: int) -> Fitted:
+        """`messages` cut to the context window by the rolling-buffer rule, with room left for the reply."""
+        ...
+
+    def driver(self, max_batch: int = 8, max_queue: int = 64) -> Driver:
+        """A started continuous-batching driver over this engine (batching.py)."""
+        ...
+
+
+class LocalEngine:
+    """Generation over one loaded model. Not thread-safe: one caller (or one driver) drives it."""
 
     def __init__(self, loaded: Loaded, prefix_cache_mb: int = PREFIX_CACHE_MB):
         self.loaded = loaded
@@ -320,6 +348,14 @@ class Engine:
         self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
         self.sliding_window = _sliding_window(base.config)
         self.prefixes = PrefixStore(prefix_cache_mb * 2**20)
+
+    @property
+    def spec(self) -> str:
+        return self.loaded.spec
+
+    @property
+    def context_window(self) -> int:
+        return self.loaded.context_window
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         tokenizer = self.loaded.tokenizer
@@ -359,6 +395,19 @@ class Engine:
     def count(self, messages: list[dict], add_generation_prompt: bool = True) -> int:
         """Exact prompt length of `messages` in tokens, as the model would see them."""
         return len(encode_chat(self.loaded.tokenizer, self.loaded.template, messages, add_generation_prompt))
+
+    def fit(self, messages: list[dict], max_new_tokens: int) -> Fitted:
+        """Exact: rendered and tokenized (conversation.py), leaving `reply_room` tokens for the reply."""
+        budget = self.loaded.context_window - reply_room(self.loaded.context_window, max_new_tokens)
+        return fit_messages(messages, self.loaded.tokenizer, self.loaded.template, budget)
+
+    def piece(self, token_id: int) -> str:
+        """One token's own text (what logprobs report), which may be part of a character."""
+        return self.loaded.tokenizer.decode([token_id])
+
+    def driver(self, max_batch: int = 8, max_queue: int = 64) -> BatchDriver:
+        """One thread decoding up to `max_batch` sequences together (batching.BatchDriver)."""
+        return BatchDriver(self, lambda: Batch(self), max_batch, max_queue)
 
 
 def _sliding_window(config) -> int | None:

@@ -3,7 +3,8 @@
     load("smollm2")              the embedded SmolLM2-135M-Instruct (default; cached under $PARLEY_HOME)
     load("runs/x/final")         a local save_pretrained directory: a full model or a LoRA adapter
     load("gpt2")                 a hub id, from the local Hugging Face cache or, when online, the hub
-    load("openai:NAME", base_url=URL)  a remote OpenAI-compatible service (parley.remote; no weights here)
+
+Local weights only: a remote service (`openai:NAME`) is backend.open's business, not a Loaded.
 
 Offline is the default stance: a hub id is first looked up in the local cache only; the hub is asked
 only when that misses and HF_HUB_OFFLINE is not set. Every failure is a one-line ModelLoadError that
@@ -38,15 +39,10 @@ class Loaded:
     context_window: int  # the longest sequence (prompt + reply) the model can attend over
     stop_ids: list[int] = field(default_factory=list)  # token ids that end a reply
     stop_strings: list[str] = field(default_factory=list)  # strings that end a reply (template markers)
-    remote: str | None = None  # the model NAME of an `openai:NAME` spec (path is then its base URL); else None
 
 
-def load(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto", base_url: str | None = None) -> Loaded:
+def load(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto") -> Loaded:
     """Load `spec` onto `device` in `dtype`; see the module docstring for the specs understood."""
-    if spec.startswith("openai:"):  # remote: model and tokenizer stay None; use parley.remote.engine_for
-        from parley.remote import load_remote
-
-        return load_remote(spec.removeprefix("openai:"), base_url)
     if device not in DEVICES:
         raise ConfigError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
     if dtype not in DTYPES:

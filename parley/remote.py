@@ -1,20 +1,21 @@
-"""A remote OpenAI-compatible service as a Parley engine, and the one way front ends pick an engine.
+"""A remote OpenAI-compatible service as a Parley `Engine`.
 
-    loaded = models.load("openai:my-model", base_url="http://gpu-box:8000/v1")   # key: $OPENAI_API_KEY
-    engine = engine_for(loaded)          # RemoteEngine here; the local Engine for any other spec
+    engine = connect("my-model", "http://gpu-box:8000/v1", spec="openai:my-model")   # key: $OPENAI_API_KEY
     engine.generate([{"role": "user", "content": "Hi"}], SamplingParams(temperature=0))   # -> str
     for token in engine.stream("def fib(n):", SamplingParams(max_new_tokens=64)): ...    # -> Token
 
-Works with vLLM, llama.cpp's server, Ollama, a hosted API, or another `parley serve`. Chat messages
-go to /chat/completions (the remote renders its own chat template); a raw prompt string goes to
-/completions. Decoding happens over there, so `RemoteEngine` has the same surface as `Engine`
-(`generate`, `stream`, `count`) but no `start`/`Batch`: a server batches remote requests itself.
+Front ends get one through `backend.open("openai:NAME", base_url=URL)`, the only place that reads
+that prefix. Works with vLLM, llama.cpp's server, Ollama, a hosted API, or another `parley serve`.
+Chat messages go to /chat/completions (the remote renders its own chat template); a raw prompt string
+goes to /completions. Decoding happens over there, so many prompts at once are many concurrent
+streams (`driver()` is a batching.StreamDriver): the service batches them itself.
 
 Limits: a remote token has no id here (`Token.id` is -1) and one streamed chunk becomes one Token
 (a chunk may hold several tokens; its logprob is their sum). `logprob` is NaN unless
 `top_logprobs` > 0 asked the service for them. `top_k`, `repetition_penalty` are sent as extra body
 fields, which vLLM and Parley honour and strict services may reject. `count` is an estimate (about
-four characters a token): the remote's tokenizer is not available here.
+four characters a token) and `fit` passes messages through unchanged: the remote's tokenizer is not
+available here, so the service fits the context or refuses with an error.
 """
 
 from __future__ import annotations
@@ -23,26 +24,18 @@ import math
 import os
 from typing import Iterator
 
-from parley.engine import Engine, Prompt, SamplingParams, Token
+from parley.batching import StreamDriver
+from parley.conversation import Fitted
+from parley.engine import Prompt, SamplingParams, Token
 from parley.errors import ConfigError, ContextError, ModelLoadError
 
-PREFIX = "openai:"
 DEFAULT_CONTEXT = 8192  # used when the service does not say (vLLM and Parley report max_model_len)
 
 
-def engine_for(loaded) -> Engine | RemoteEngine:
-    """The engine that drives `loaded`: remote for `openai:NAME` specs, the local Engine otherwise."""
-    return RemoteEngine(loaded) if loaded.remote else Engine(loaded)
-
-
-def load_remote(name: str, base_url: str | None):
-    """A `Loaded` for model `name` at `base_url`; checks the service answers and serves that model."""
+def connect(name: str, base_url: str | None, spec: str) -> RemoteEngine:
+    """A RemoteEngine for model `name` at `base_url`; checks the service answers and serves that model."""
     import openai
 
-    from parley.models import Loaded
-
-    if not name:
-        raise ConfigError("--model openai:NAME needs a model name after 'openai:', e.g. openai:gpt-4o-mini")
     base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
     client = _client(base_url)
     try:
@@ -56,13 +49,7 @@ def load_remote(name: str, base_url: str | None):
     if served and name not in served:
         raise ModelLoadError(f"{base_url} does not serve {name!r}; it serves: {', '.join(sorted(served))}")
     window = getattr(served.get(name), "max_model_len", None)
-    import torch
-
-    return Loaded(
-        model=None, tokenizer=None, template="", spec=PREFIX + name, path=base_url,
-        device=torch.device("cpu"), context_window=window if isinstance(window, int) else DEFAULT_CONTEXT,
-        remote=name,
-    )
+    return RemoteEngine(name, base_url, spec, window if isinstance(window, int) else DEFAULT_CONTEXT)
 
 
 def _client(base_url: str):
@@ -73,11 +60,12 @@ def _client(base_url: str):
 
 
 class RemoteEngine:
-    """Generation by a remote OpenAI-compatible service; same `generate`/`stream` as `Engine`."""
+    """Generation by a remote OpenAI-compatible service: an `Engine` (see the module docstring)."""
 
-    def __init__(self, loaded):
-        self.loaded = loaded
-        self.client = _client(loaded.path)
+    def __init__(self, name: str, base_url: str, spec: str, context_window: int = DEFAULT_CONTEXT):
+        self.name, self.base_url = name, base_url  # the model as the service calls it; its API root
+        self.spec, self.context_window = spec, context_window
+        self.client = _client(base_url)
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[Token]:
         """Yield tokens (one per streamed chunk) as they arrive. Closing the generator ends the request."""
@@ -100,15 +88,15 @@ class RemoteEngine:
                     if token is not None:
                         yield token
         except openai.APIConnectionError as e:
-            raise ModelLoadError(f"lost the remote model at {self.loaded.path} ({_cause(e)})") from e
+            raise ModelLoadError(f"lost the remote model at {self.base_url} ({_cause(e)})") from e
         except openai.AuthenticationError as e:
-            raise ModelLoadError(f"{self.loaded.path} refused the API key: set OPENAI_API_KEY") from e
+            raise ModelLoadError(f"{self.base_url} refused the API key: set OPENAI_API_KEY") from e
         except openai.BadRequestError as e:
             message = _message(e)
             kind = ContextError if "context" in message.lower() else ConfigError
             raise kind(f"the remote model refused the request: {message}") from e
         except openai.APIStatusError as e:
-            raise ModelLoadError(f"the remote model at {self.loaded.path} failed "
+            raise ModelLoadError(f"the remote model at {self.base_url} failed "
                                  f"(HTTP {e.status_code}: {_message(e)})") from e
 
     def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> str:
@@ -118,9 +106,17 @@ class RemoteEngine:
         """An estimate of the prompt's length in tokens (see the module docstring)."""
         return sum(4 + len(m.get("content") or "") // 4 for m in messages) + 3 * add_generation_prompt
 
+    def fit(self, messages: list[dict], max_new_tokens: int) -> Fitted:
+        """The messages unchanged, with `count`'s estimate: the service fits its own window, or refuses."""
+        return Fitted(list(messages), self.count(messages))
+
+    def driver(self, max_batch: int = 8, max_queue: int = 64) -> StreamDriver:
+        """Up to `max_batch` concurrent streams (batching.StreamDriver); the service batches them."""
+        return StreamDriver(self.stream, max_batch, max_queue)
+
     def _arguments(self, params: SamplingParams) -> dict:
         args = dict(
-            model=self.loaded.remote, stream=True, temperature=params.temperature, top_p=params.top_p,
+            model=self.name, stream=True, temperature=params.temperature, top_p=params.top_p,
             max_tokens=params.max_new_tokens,
         )
         if params.seed is not None:

@@ -4,9 +4,10 @@
     parley chat -p "question"       one answer as plain text, for scripts and pipes
     parley chat --resume ID         continue a stored conversation (`parley history` lists them)
 
-Every turn is written to the SQLite store as it happens, so a crash loses at most the reply in
-progress. Ctrl-C stops the reply being written (the partial reply is kept) and never the session;
-Ctrl-D or /quit leaves.
+The conversation itself (history, fit to the context window, stored turns) is a `session.Session`,
+the same one the server's conversations API uses; this module only draws it. Every turn is written
+to the SQLite store as it happens, so a crash loses at most the reply in progress. Ctrl-C stops the
+reply being written (the partial reply is kept) and never the session; Ctrl-D or /quit leaves.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from rich.live import Live
 from rich.markdown import Markdown
 from rich.table import Table
 
-from parley.conversation import Fitted, fit_messages
+from parley import backend
 from parley.engine import Engine, SamplingParams
 from parley.errors import ConfigError, ParleyError
 from parley.files import write_atomic
+from parley.session import Session
 from parley.store import Store
 
 CODE_THEME = "monokai"
@@ -57,68 +59,12 @@ class ChatOptions:
     base_url: str | None = None  # the service for `openai:NAME` models (--base-url)
 
 
-class ChatSession:
-    """One conversation: its messages, system prompt and sampling parameters, mirrored into the store."""
-
-    def __init__(self, engine: Engine, store: Store, options: ChatOptions):
-        self.engine, self.store, self.model = engine, store, options.model
-        self.params = SamplingParams().updated(**options.params)
-        self.system = options.system
-        self.messages: list[dict] = []
-        if options.resume:
-            self.id = store.resolve(options.resume)
-            stored = store.get(self.id)
-            self.messages = store.messages(self.id)
-            if options.system is None:
-                self.system = stored.system
-            self.params = SamplingParams().updated(**{**stored.params, **options.params})
-        else:
-            self.id = None  # created with the first message, so an empty session leaves no trace
-
-    def history(self) -> list[dict]:
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        return system + self.messages
-
-    def add(self, role: str, content: str, **meta) -> None:
-        if self.id is None:
-            self.id = self.store.new_conversation(model=self.model, system=self.system, params=self._stored_params())
-        self.messages.append({"role": role, "content": content})
-        self.store.add_message(self.id, role, content, meta=meta or None)
-
-    def fit(self):
-        """The messages that go to the model, fitted to the context window with room for the reply."""
-        budget = self.engine.loaded.context_window - self.params.max_new_tokens
-        if budget <= 0:
-            raise ConfigError(
-                f"max_new_tokens={self.params.max_new_tokens} leaves no room for the conversation in the "
-                f"{self.engine.loaded.context_window}-token context window: lower it"
-            )
-        loaded = self.engine.loaded
-        if loaded.tokenizer is None:  # a remote model: its service fits the context, or refuses
-            return Fitted(self.history(), self.engine.count(self.history()))
-        return fit_messages(self.history(), loaded.tokenizer, loaded.template, budget)
-
-    def reset(self) -> None:
-        self.id, self.messages = None, []
-
-    def set_system(self, text: str | None) -> None:
-        self.system = text or None
-        if self.id:
-            self.store.update(self.id, system=self.system)
-
-    def set_params(self, **values: str) -> None:
-        self.params = self.params.updated(**values)
-        if self.id:
-            self.store.update(self.id, params=self._stored_params())
-
-    def load(self, messages: list[dict], system: str | None) -> None:
-        self.reset()
-        self.system = system
-        for m in messages:
-            self.add(m["role"], m["content"])
-
-    def _stored_params(self) -> dict:
-        return {k: v for k, v in vars(self.params).items() if v != getattr(SamplingParams(), k)}
+def open_session(engine: Engine, store: Store, options: ChatOptions) -> Session:
+    """A new session with the options' settings, or the stored one `options.resume` names."""
+    if options.resume:
+        return Session.resume(engine, store, options.resume, system=options.system, params=options.params)
+    return Session(engine, store, model=options.model, system=options.system,
+                   params=SamplingParams().updated(**options.params))
 
 
 def run_chat(options: ChatOptions, once: str | None = None) -> None:
@@ -128,25 +74,17 @@ def run_chat(options: ChatOptions, once: str | None = None) -> None:
     SamplingParams().updated(**options.params)
     console = Console(stderr=True)
     with console.status(f"loading {options.model}…", spinner="dots"):
-        engine = _engine(options)
-    session = ChatSession(engine, Store(), options)
+        engine = backend.open(options.model, device=options.device, dtype=options.dtype, base_url=options.base_url)
+    session = open_session(engine, Store(), options)
     if once is not None:
         return _answer_once(session, once)
     _interactive(session, Console(highlight=False))
 
 
-def _engine(options: ChatOptions) -> Engine:
-    from parley import models
-
-    from parley.remote import engine_for
-
-    return engine_for(models.load(options.model, device=options.device, dtype=options.dtype,
-                                  base_url=options.base_url))
-
-
-def _answer_once(session: ChatSession, question: str) -> None:
-    session.add("user", question.strip())
-    fitted = session.fit()
+def _answer_once(session: Session, question: str) -> None:
+    question = question.strip()
+    fitted = session.fit(session.turn(question))
+    session.commit(question)
     if fitted.notice:
         print(f"parley: {fitted.notice}", file=sys.stderr)
     reply = ""
@@ -161,7 +99,7 @@ def _answer_once(session: ChatSession, question: str) -> None:
             session.add("assistant", reply)
 
 
-def _interactive(session: ChatSession, console: Console) -> None:
+def _interactive(session: Session, console: Console) -> None:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory
 
@@ -170,8 +108,8 @@ def _interactive(session: ChatSession, console: Console) -> None:
     prompt = PromptSession(history=FileHistory(str(_input_history(parley_home()))))
     resumed = f" · resumed {session.id} ({len(session.messages)} messages)" if session.messages else ""
     console.print(
-        f"[bold]parley[/bold] · {session.engine.loaded.spec} · "
-        f"{session.engine.loaded.context_window}-token context{resumed} · /help for commands",
+        f"[bold]parley[/bold] · {session.engine.spec} · "
+        f"{session.engine.context_window}-token context{resumed} · /help for commands",
         style="dim",
     )
     while True:
@@ -194,9 +132,9 @@ def _interactive(session: ChatSession, console: Console) -> None:
             console.print(f"[red]error:[/red] {e}")
 
 
-def _reply(session: ChatSession, console: Console, text: str) -> None:
-    session.add("user", text)
-    fitted = session.fit()
+def _reply(session: Session, console: Console, text: str) -> None:
+    fitted = session.fit(session.turn(text))
+    session.commit(text)
     if fitted.notice:
         console.print(f"[yellow]{fitted.notice}[/yellow]")
     reply, stopped = "", False
@@ -219,7 +157,7 @@ def _reply(session: ChatSession, console: Console, text: str) -> None:
         session.add("assistant", reply, **({"stopped": True} if stopped else {}))
 
 
-def _command(session: ChatSession, console: Console, line: str) -> str | None:
+def _command(session: Session, console: Console, line: str) -> str | None:
     name, _, arg = line.partition(" ")
     arg = arg.strip()
     if name in ("/quit", "/exit"):
@@ -260,7 +198,7 @@ def _parse_assignments(text: str) -> dict[str, str]:
     return values
 
 
-def _save(session: ChatSession, path: str) -> Path:
+def _save(session: Session, path: str) -> Path:
     if not path:
         raise ConfigError("/save needs a file name, e.g. /save chat.json")
     target = Path(path).expanduser()
@@ -272,7 +210,7 @@ def _save(session: ChatSession, path: str) -> Path:
     return target
 
 
-def _load(session: ChatSession, path: str) -> None:
+def _load(session: Session, path: str) -> None:
     if not path:
         raise ConfigError("/load needs a file name, e.g. /load chat.json")
     try:
@@ -307,7 +245,7 @@ def last_python_block(messages: list[dict]) -> str | None:
     return None
 
 
-def _run_last_code(session: ChatSession, console: Console) -> None:
+def _run_last_code(session: Session, console: Console) -> None:
     from rich.panel import Panel
 
     from parley.eval.sandbox import run_python
@@ -323,18 +261,17 @@ def _run_last_code(session: ChatSession, console: Console) -> None:
     console.print(Panel(output, title=title, border_style=style, title_align="left"))
 
 
-def _show_turns(session: ChatSession, console: Console) -> None:
+def _show_turns(session: Session, console: Console) -> None:
     if not session.messages:
         console.print("[dim]no messages yet[/dim]")
         return
     fitted = session.fit()
-    table = Table(title=f"conversation {session.id} · {fitted.tokens} of {session.engine.loaded.context_window} tokens")
+    table = Table(title=f"conversation {session.id} · {fitted.tokens} of {session.engine.context_window} tokens")
     for column in ("#", "role", "tokens", "in context", "text"):
         table.add_column(column)
-    count = session.engine.loaded.tokenizer
     dropped = len(fitted.dropped)
     for i, m in enumerate(session.messages):
-        tokens = len(count(m["content"], add_special_tokens=False)["input_ids"])
+        tokens = session.engine.count([m], add_generation_prompt=False)  # with the template's markers
         preview = m["content"].replace("\n", " ")
         table.add_row(str(i + 1), m["role"], str(tokens), "no" if i < dropped else "yes", preview[:60])
     console.print(table)

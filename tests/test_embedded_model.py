@@ -7,20 +7,20 @@ import re
 
 import pytest
 
-from parley.engine import Engine, SamplingParams
+from parley.engine import LocalEngine, SamplingParams
 
 pytestmark = pytest.mark.slow
 
 
 def test_capital_of_france(embedded_model):
-    reply = Engine(embedded_model).generate(
+    reply = LocalEngine(embedded_model).generate(
         [{"role": "user", "content": "What is the capital of France?"}], SamplingParams(temperature=0, max_new_tokens=32)
     )
     assert "Paris" in reply
 
 
 def test_writes_a_python_function_that_parses(embedded_model):
-    reply = Engine(embedded_model).generate(
+    reply = LocalEngine(embedded_model).generate(
         [{"role": "user", "content": "Write a Python function that checks if a number is prime."}],
         SamplingParams(temperature=0, max_new_tokens=300),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parley.engine import Batch, Engine, SamplingParams
+from parley.engine import Batch, LocalEngine, SamplingParams
 from parley.errors import ConfigError, ContextError
 
 CHAT = [{"role": "user", "content": "Write a haiku about tensors."}]
@@ -13,7 +13,7 @@ CHAT = [{"role": "user", "content": "Write a haiku about tensors."}]
 
 @pytest.fixture(params=["llama", "gpt2"])
 def engine(request, llama_loaded, gpt2_loaded):
-    return Engine(llama_loaded if request.param == "llama" else gpt2_loaded)
+    return LocalEngine(llama_loaded if request.param == "llama" else gpt2_loaded)
 
 
 def test_streaming_equals_generate(engine):

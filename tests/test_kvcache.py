@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from parley import engine as engine_module
-from parley.engine import Batch, Engine, SamplingParams
+from parley.engine import Batch, LocalEngine, SamplingParams
 from parley.kvcache import PrefixStore
 
 TURN1 = [{"role": "user", "content": "Name three prime numbers."}]
@@ -19,12 +19,12 @@ def loaded(request, llama_loaded, gpt2_loaded):
     return llama_loaded if request.param == "llama" else gpt2_loaded
 
 
-def _run(engine: Engine, prompt) -> list:
+def _run(engine: LocalEngine, prompt) -> list:
     return list(engine.stream(prompt, GREEDY))
 
 
 def test_next_turn_reuses_the_last_and_gives_the_same_tokens_and_logprobs(loaded):
-    cached, fresh = Engine(loaded), Engine(loaded, prefix_cache_mb=0)
+    cached, fresh = LocalEngine(loaded), LocalEngine(loaded, prefix_cache_mb=0)
     first = _run(cached, TURN1)
     reply = "".join(t.text for t in first)
     turn2 = TURN1 + [{"role": "assistant", "content": reply}, {"role": "user", "content": "And two more?"}]
@@ -44,7 +44,7 @@ def test_next_turn_reuses_the_last_and_gives_the_same_tokens_and_logprobs(loaded
 
 
 def test_the_same_prompt_again_feeds_only_its_last_token(loaded):
-    engine = Engine(loaded)
+    engine = LocalEngine(loaded)
     first = _run(engine, TURN1)
     before = engine.prefixes.reused_tokens
     again = _run(engine, TURN1)
@@ -55,7 +55,7 @@ def test_the_same_prompt_again_feeds_only_its_last_token(loaded):
 def test_newcomers_prefilled_together_in_small_chunks_match_one_at_a_time(loaded, monkeypatch):
     prompts = ["Hi", [{"role": "user", "content": "A much longer question about many different things?"}],
                "Tell me a story about", "x"]
-    engine = Engine(loaded, prefix_cache_mb=0)
+    engine = LocalEngine(loaded, prefix_cache_mb=0)
     singles = [[t.id for t in engine.stream(p, GREEDY)] for p in prompts]
     monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 5)  # several chunks, rows ending in different ones
     batch = Batch(engine)
@@ -71,9 +71,9 @@ def test_newcomers_prefilled_together_in_small_chunks_match_one_at_a_time(loaded
 
 def test_rows_grow_past_the_first_capacity(loaded, monkeypatch):
     monkeypatch.setattr("parley.kvcache.FIRST_CAPACITY", 4)
-    engine = Engine(loaded, prefix_cache_mb=0)
+    engine = LocalEngine(loaded, prefix_cache_mb=0)
     params = SamplingParams(temperature=0, max_new_tokens=20)
-    reference = Engine(loaded, prefix_cache_mb=0)
+    reference = LocalEngine(loaded, prefix_cache_mb=0)
     monkeypatch.undo()
     expected = [t.id for t in reference.stream(TURN1, params)]
     monkeypatch.setattr("parley.kvcache.FIRST_CAPACITY", 4)
@@ -82,7 +82,7 @@ def test_rows_grow_past_the_first_capacity(loaded, monkeypatch):
 
 def test_streamed_text_is_the_decoded_reply(loaded):
     """Incremental detokenizing releases exactly what decoding the whole reply at once gives."""
-    engine = Engine(loaded, prefix_cache_mb=0)
+    engine = LocalEngine(loaded, prefix_cache_mb=0)
     params = SamplingParams(temperature=1.5, max_new_tokens=60, seed=3)  # random bytes, split characters
     tokens = list(engine.stream("Ünïcödé ✓ 漢字 🙂", params))
     ids = [t.id for t in tokens if t.id not in loaded.stop_ids]

@@ -313,13 +313,10 @@ def _occupied(out: Path) -> bool:
 
 
 def prepare_for_model(specs: list[str], out: Path, model: str, config: PrepareConfig, progress=lambda m: None) -> Manifest:
-    """`prepare` with the tokenizer, chat template and context window of a model spec (`models.load`)."""
-    from parley import models
+    """`prepare` with the tokenizer, chat template and context window of a local model spec (`backend.local`)."""
+    from parley import backend
 
     check_inputs(specs, out, config)  # seconds before the model would have loaded
-    loaded = models.load(model, device="cpu")
-    if loaded.tokenizer is None:
-        raise ConfigError(f"--model {model}: a remote model has no local tokenizer to prepare data with; "
-                          f"name a local model or hub id with the same tokenizer")
+    loaded = backend.local(model, device="cpu", purpose=f"--model {model}: data preparation")
     return prepare(specs, out, loaded.tokenizer, loaded.template, config, model=model,
                    context_window=loaded.context_window, progress=progress)

@@ -8,17 +8,20 @@ Two ways to ask for code (`style`):
                 the usual stop strings (a new top-level def/class/if/print/#, as in the Codex paper)
     chat        the prompt is sent as a user message asking for the whole function; the first
                 fenced code block of the reply (or the whole reply) is used, after the prompt
-Local models decode `batch` prompts at once through the engine's Batch (one forward pass per token
-for all of them); remote engines (`openai:NAME`) are asked one prompt at a time.
+All prompts go to the engine's continuous-batching driver (batching.py), `batch` at a time: a local
+model decodes them in one forward pass per token, a remote service gets that many concurrent requests.
 """
 
 from __future__ import annotations
 
+import queue
 import re
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from parley.batching import Event
 from parley.errors import ConfigError
 from parley.eval.problems import Problem
 
@@ -60,37 +63,33 @@ def generate_all(
 ) -> list[str]:
     """The reply to each prompt (str or chat messages) with its own SamplingParams, in order.
 
-    `enough(text)`, when given, ends a local sequence early once its text holds all that is needed.
+    `enough(text)`, when given, ends a sequence early once its text holds all that is needed.
     """
-    if not hasattr(engine, "start"):  # a remote engine: the server batches, we ask in turn
-        texts = []
-        for prompt, p in zip(prompts, params):
-            texts.append(engine.generate(prompt, p))
+    texts, ended = [""] * len(prompts), [False] * len(prompts)
+    finished: queue.SimpleQueue[tuple[int, BaseException | None]] = queue.SimpleQueue()
+
+    def listener(index: int) -> Callable[[Event], None]:
+        def deliver(event: Event) -> None:  # runs on a driver thread; this thread ends the ticket
+            if ended[index]:
+                return
+            if event.token is not None:
+                texts[index] += event.token.text
+                if enough is None or not enough(texts[index]):
+                    return
+            ended[index] = True
+            finished.put((index, event.error))
+        return deliver
+
+    with closing(engine.driver(max_batch=batch, max_queue=max(1, len(prompts)))) as driver:
+        tickets = [driver.submit([(prompt, p)], listener(i)) for i, (prompt, p) in enumerate(zip(prompts, params))]
+        for _ in prompts:
+            index, error = finished.get()
+            if error is not None:
+                raise error
+            tickets[index].cancel()  # enough text already: free its slot (no-op once it has finished)
             if on_done is not None:
                 on_done(1)
-        return texts
-    from parley.engine import Batch
-
-    texts = [""] * len(prompts)
-    waiting = iter(range(len(prompts)))
-    group, running = Batch(engine), {}
-    while True:
-        # Refill as sequences finish (continuous batching), so short answers do not idle the batch.
-        while len(running) < batch and (index := next(waiting, None)) is not None:
-            seq = engine.start(prompts[index], params[index])
-            group.add(seq)
-            running[id(seq)] = (index, seq)
-        if not running:
-            return texts
-        for key, (index, seq) in list(running.items()):
-            if seq.done or (enough is not None and enough(seq.text)):
-                del running[key]
-                texts[index] = seq.text
-                group.remove(seq)
-                if on_done is not None:
-                    on_done(1)
-        if running:
-            group.step()
+    return texts
 
 
 def complete_problems(

@@ -111,8 +111,6 @@ def score_documents(
     on_tokens: Callable[[int], None] | None = None,
 ) -> Tally:
     """Sum the NLL of every document; `on_tokens(n)` after each one, for a progress bar."""
-    if loaded.model is None:
-        raise ConfigError("perplexity needs a local model: a remote API does not score given text")
     tokenizer = loaded.tokenizer
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     window = min(config.window, loaded.context_window)

@@ -2,7 +2,7 @@
 
     {"error": {"message": "...", "type": "invalid_request_error", "param": "temperature", "code": null}}
 
-Library errors (ParleyError) and the scheduler's Busy/ShuttingDown are translated here, once;
+Library errors (ParleyError) and the batching driver's Busy/ShuttingDown are translated here, once;
 FastAPI's 422 validation errors become 400s whose message names the field as the client wrote it
 (`messages[0].role: Input should be 'system', 'user', 'assistant' or 'developer'`).
 """
@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parley.errors import ContextError, ModelLoadError, ParleyError
-from parley.serve.scheduler import Busy, ShuttingDown
+from parley.batching import Busy, ShuttingDown
 from parley.store import ConversationNotFound
 
 log = logging.getLogger("parley.serve")
@@ -38,7 +38,7 @@ class ApiError(Exception):
 
 
 def translate(error: BaseException) -> ApiError:
-    """The ApiError for a library or scheduler error; anything unexpected is a logged 500."""
+    """The ApiError for a library or driver error; anything unexpected is a logged 500."""
     if isinstance(error, ApiError):
         return error
     if isinstance(error, Busy):

@@ -8,9 +8,10 @@ Routes: POST /v1/chat/completions, /v1/completions; GET /v1/models (openai_api.p
 conversations under /v1/conversations (conversations_api.py); GET /health, /metrics (Prometheus),
 /docs (OpenAPI); the page at / with its files under /static (web/).
 
-`create_app(options, loaded=None)` builds the app; the model is loaded in the lifespan (or `loaded`
-is used as is: tests, embedding). Generation goes through the one engine, via the batching
-scheduler (scheduler.py). Protection: optional API keys (Bearer; compared in constant time; never
+`create_app(options, engine=None)` builds the app; the engine is opened in the lifespan
+(`backend.open`: a local model or a remote service, which this module never tells apart), or
+`engine` is used as is (tests, embedding). Generation goes through the engine's continuous-batching
+driver (parley/batching.py). Protection: optional API keys (Bearer; compared in constant time; never
 logged), a request body size limit, a bounded queue (429 + Retry-After), validation errors as
 OpenAI-style 400s (api_errors.py). On SIGINT/SIGTERM the server stops taking requests, lets running
 generations finish for `grace_s`, then ends the rest with finish_reason "length".
@@ -26,6 +27,7 @@ import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
@@ -37,6 +39,9 @@ from parley.serve import api_errors, conversations_api, openai_api
 from parley.serve.api_errors import ApiError
 from parley.serve.metrics import Metrics, MetricsMiddleware
 
+if TYPE_CHECKING:
+    from parley.engine import Engine
+
 WEB = Path(__file__).parent / "web"
 log = logging.getLogger("parley.serve")
 
@@ -45,7 +50,7 @@ log = logging.getLogger("parley.serve")
 class ServeOptions:
     """Everything `parley serve` can be told; defaults are safe for a laptop."""
 
-    model: str = "smollm2"  # a spec for models.load (smollm2, a directory, a hub id, openai:NAME)
+    model: str = "smollm2"  # a spec for backend.open (smollm2, a directory, a hub id, openai:NAME)
     base_url: str | None = None  # the remote service for openai:NAME specs
     device: str = "auto"  # auto, cpu or cuda
     dtype: str = "auto"  # auto, float32, bfloat16 or float16
@@ -76,31 +81,26 @@ def api_keys_from_env() -> list[str]:
     return [k.strip() for k in os.environ.get("PARLEY_API_KEYS", "").split(",") if k.strip()]
 
 
-def create_app(options: ServeOptions, loaded=None) -> FastAPI:
-    """The ASGI app. `loaded` (a models.Loaded) skips loading `options.model` in the lifespan."""
+def create_app(options: ServeOptions, engine: Engine | None = None) -> FastAPI:
+    """The ASGI app. `engine` (an open Engine) skips opening `options.model` in the lifespan."""
     options.check()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from parley.models import load
-        from parley.remote import engine_for
-        from parley.serve.scheduler import scheduler_for
+        from parley import backend
         from parley.store import Store
 
-        model = loaded or await run_in_threadpool(load, options.model, options.device, options.dtype,
-                                                  options.base_url)
-        app.state.loaded = model
-        app.state.engine = engine_for(model)
-        app.state.scheduler = scheduler_for(app.state.engine, options.max_batch, options.max_queue)
+        app.state.engine = engine or await run_in_threadpool(
+            backend.open, options.model, options.device, options.dtype, options.base_url)
+        app.state.driver = app.state.engine.driver(options.max_batch, options.max_queue)
         app.state.store = await run_in_threadpool(Store, options.db)
-        app.state.served_name = options.served_name or model.spec
-        app.state.metrics.watch(app.state.scheduler)
-        app.state.scheduler.start()
-        log.info("serving %s (context %d tokens)", app.state.served_name, model.context_window)
+        app.state.served_name = options.served_name or app.state.engine.spec
+        app.state.metrics.watch(app.state.driver)
+        log.info("serving %s (context %d tokens)", app.state.served_name, app.state.engine.context_window)
         try:
             yield
         finally:
-            await run_in_threadpool(app.state.scheduler.close, 0.0)
+            await run_in_threadpool(app.state.driver.close, 0.0)
             app.state.store.close()
 
     app = FastAPI(
@@ -120,9 +120,9 @@ def create_app(options: ServeOptions, loaded=None) -> FastAPI:
 
     @app.get("/health", tags=["server"])
     async def health(request: Request):
-        scheduler = getattr(request.app.state, "scheduler", None)
+        driver = getattr(request.app.state, "driver", None)
         return {"status": "ok", "model": getattr(request.app.state, "served_name", None),
-                "waiting": scheduler.waiting if scheduler else 0, "active": scheduler.active if scheduler else 0}
+                "waiting": driver.waiting if driver else 0, "active": driver.active if driver else 0}
 
     @app.get("/metrics", tags=["server"], response_class=PlainTextResponse)
     async def metrics(request: Request):
@@ -199,16 +199,16 @@ def run(options: ServeOptions) -> None:
     """Serve until SIGINT/SIGTERM, then drain: see the module docstring."""
     import uvicorn
 
-    from parley.models import load
+    from parley import backend
 
-    # Loaded here, not in the lifespan, so a bad --model is one line from the CLI, not a traceback.
-    app = create_app(options, load(options.model, options.device, options.dtype, options.base_url))
+    # Opened here, not in the lifespan, so a bad --model is one line from the CLI, not a traceback.
+    app = create_app(options, backend.open(options.model, options.device, options.dtype, options.base_url))
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame):
-            scheduler = getattr(app.state, "scheduler", None)
-            if scheduler is not None:
-                scheduler.drain(options.grace_s)
+            driver = getattr(app.state, "driver", None)
+            if driver is not None:
+                driver.drain(options.grace_s)
             super().handle_exit(sig, frame)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")

@@ -10,9 +10,10 @@
     POST   /plain                              the page's no-script fallback (an HTML form)
 
 `params` are SamplingParams fields (temperature, top_p, top_k, max_new_tokens, seed, ...); those sent
-with a message are saved to the conversation, so continuing it later restores them. The history
-sent to the model goes through the rolling buffer (`fit_messages`): system prompt kept, oldest
-turns dropped first; the reply's first event says what was dropped. Replies stream as server-sent
+with a message are saved to the conversation, so continuing it later restores them. Each reply is
+a `session.Session` turn, as in `parley chat`: the history goes through the rolling buffer (system
+prompt kept, oldest turns dropped first, room kept for the reply); the reply's first event says
+what was dropped. Replies stream as server-sent
 events: {"type": "start", "notice"}, {"type": "delta", "text"}..., {"type": "done", "finish_reason"}
 (or {"type": "error", "message"}). A reply cut short by the client (the page's Stop button) is
 stored as far as it got; the user's message is stored once its reply has been queued.
@@ -33,9 +34,9 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from parley.conversation import fit_messages
 from parley.engine import SamplingParams
 from parley.errors import ParleyError
+from parley.session import Session
 from parley.serve.api_errors import ApiError, translate
 from parley.serve.streaming import first_event, follow, sse, submit
 
@@ -159,29 +160,21 @@ async def _reply(request: Request, cid: str, given: dict | None, streaming: bool
     store, state = _store(request), request.app.state
     conversation = await run_in_threadpool(store.get, cid)
     params = _checked_params(request, conversation.params, given)
-    history = await run_in_threadpool(store.messages, cid)
-    keep = len(history)
-    if new_message is None:
-        while history and history[-1]["role"] == "assistant":
-            history.pop()
-        if not history:
-            raise ApiError(400, "there is no user message to reply to", code="nothing_to_regenerate")
-        keep = len(history)
-    else:
-        history.append({"role": "user", "content": new_message})
-    system = [{"role": "system", "content": conversation.system}] if conversation.system else []
-    messages, notice = await run_in_threadpool(_fit, state.loaded, system + history, params.max_new_tokens)
-    ticket = await submit(request, [(messages, params)])
+    session = Session(state.engine, store, conversation.model, conversation.system, params, id=cid,
+                      messages=await run_in_threadpool(store.messages, cid))
+    try:
+        messages = session.turn(new_message)
+    except ParleyError:
+        raise ApiError(400, "there is no user message to reply to", code="nothing_to_regenerate") from None
+    fitted = await run_in_threadpool(session.fit, messages)
+    ticket = await submit(request, [(fitted.messages, params)])
     events = follow(ticket, request)
     first = await first_event(ticket, events)
     # The reply is underway: now make the conversation say so.
-    if new_message is None:
-        await run_in_threadpool(store.truncate, cid, keep)
-    else:
-        await run_in_threadpool(store.add_message, cid, "user", new_message)
+    await run_in_threadpool(session.commit, new_message)
     if given:
         await run_in_threadpool(store.update, cid, params={**conversation.params, **given})
-    reply = _Reply(store, cid, notice)
+    reply = _Reply(session, fitted.notice)
     if streaming:
         return StreamingResponse(reply.stream(first, events), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -192,23 +185,14 @@ async def _reply(request: Request, cid: str, given: dict | None, streaming: bool
     finally:
         reply.save()
     return {"message": {"role": "assistant", "content": reply.text}, "finish_reason": reply.finish_reason,
-            "notice": notice}
-
-
-def _fit(loaded, messages: list[dict], max_new_tokens: int) -> tuple[list[dict], str | None]:
-    """The rolling buffer: room for the reply is kept free (at most half the window)."""
-    if loaded.tokenizer is None:  # remote: the service fits or refuses
-        return messages, None
-    window = loaded.context_window
-    fitted = fit_messages(messages, loaded.tokenizer, loaded.template, window - min(max_new_tokens, window // 2))
-    return fitted.messages, fitted.notice
+            "notice": fitted.notice}
 
 
 class _Reply:
     """The assistant's reply as it arrives; saved once, however the stream ends."""
 
-    def __init__(self, store, cid: str, notice: str | None):
-        self.store, self.cid, self.notice = store, cid, notice
+    def __init__(self, session: Session, notice: str | None):
+        self.session, self.notice = session, notice
         self.text, self.finish_reason, self.tokens, self.saved = "", None, 0, False
 
     def add(self, event) -> str:
@@ -246,9 +230,9 @@ class _Reply:
         self.saved = True
         meta = {"finish_reason": self.finish_reason or "cancelled", "tokens": self.tokens}
         try:
-            self.store.add_message(self.cid, "assistant", self.text, meta=meta)
+            self.session.add("assistant", self.text, **meta)
         except Exception:  # e.g. deleted meanwhile; the reply was delivered, so only log it
-            log.exception("could not store the reply in conversation %s", self.cid)
+            log.exception("could not store the reply in conversation %s", self.session.id)
 
 
 @router.post("/plain", include_in_schema=False, response_class=HTMLResponse)

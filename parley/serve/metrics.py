@@ -29,9 +29,9 @@ class Metrics:
         self.queue_depth = Gauge("parley_queue_depth", "Sequences waiting to join the batch", registry=r)
         self.batch_size = Gauge("parley_batch_size", "Sequences being decoded", registry=r)
 
-    def watch(self, scheduler) -> None:
-        self.queue_depth.set_function(lambda: scheduler.waiting)
-        self.batch_size.set_function(lambda: scheduler.active)
+    def watch(self, driver) -> None:
+        self.queue_depth.set_function(lambda: driver.waiting)
+        self.batch_size.set_function(lambda: driver.active)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,9 +23,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from parley.batching import Event
 from parley.engine import SamplingParams
 from parley.serve.api_errors import ApiError, translate
-from parley.serve.scheduler import Event
 from parley.serve.streaming import check_room, first_event, follow, sse, submit
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -124,7 +124,7 @@ async def models(request: Request):
     state = request.app.state
     return {"object": "list", "data": [{
         "id": state.served_name, "object": "model", "created": 0, "owned_by": "parley",
-        "max_model_len": state.loaded.context_window,
+        "max_model_len": state.engine.context_window,
     }]}
 
 
@@ -193,7 +193,7 @@ class _Call:
         ticket = await submit(self.request, work, pieces=self.logprobs)
         if max_tokens is not None:  # what the client asked for, after the server's cap
             max_tokens = min(max_tokens, self.request.app.state.options.max_tokens)
-        check_room(ticket, max_tokens, self.request.app.state.loaded.context_window)
+        check_room(ticket, max_tokens, self.request.app.state.engine.context_window)
         self.prompt_tokens = sum(ticket.prompt_tokens[::n])  # each prompt counted once, as OpenAI does
         events = follow(ticket, self.request)
         first = await first_event(ticket, events)

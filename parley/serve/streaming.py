@@ -1,9 +1,11 @@
-"""What the OpenAI routes and the conversation routes share: queueing a generation, following it
-while watching for the client to leave, and server-sent events.
+"""What the OpenAI routes and the conversation routes share: queueing a generation on the engine's
+driver (batching.py), following it on the event loop while watching for the client to leave, and
+server-sent events.
 
-A client that disconnects is noticed while its request waits for the next token (the ASGI server
-delivers `http.disconnect`), and its ticket is cancelled at once, so the scheduler frees its slot
-before the next step.
+The driver delivers events from its own threads; `AsyncTicket` hops each one onto the request's
+event loop (`loop.call_soon_threadsafe`) into an asyncio queue. A client that disconnects is noticed
+while its request waits for the next token (the ASGI server delivers `http.disconnect`), and its
+ticket is cancelled at once, so the driver frees its slot before the next step.
 """
 
 from __future__ import annotations
@@ -16,22 +18,58 @@ from typing import AsyncIterator
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from parley.batching import Event, Ticket
 from parley.engine import Prompt, SamplingParams
 from parley.serve.api_errors import ApiError, translate
-from parley.serve.scheduler import Event, Ticket
 
 
-async def submit(request: Request, work: list[tuple[Prompt, SamplingParams]], pieces: bool = False) -> Ticket:
+class AsyncTicket:
+    """A driver's ticket whose events arrive, in order per choice, on an asyncio queue."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, n: int):
+        self.loop, self.open = loop, n  # open: choices not yet closed
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.ticket: Ticket | None = None
+
+    def deliver(self, event: Event) -> None:
+        """Called from the driver's threads; RuntimeError once the loop has closed (the ticket then stops)."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    @property
+    def prompt_tokens(self) -> list[int]:
+        return self.ticket.prompt_tokens
+
+    @property
+    def cancelled(self) -> bool:
+        return self.ticket.cancelled
+
+    def cancel(self) -> None:
+        self.ticket.cancel()
+
+    async def events(self):
+        """Every event until all choices have closed; raises the first error a choice hit."""
+        while self.open:
+            event = await self.queue.get()
+            if event.finish_reason is not None or event.error is not None:
+                self.open -= 1
+            if event.error is not None:
+                self.cancel()
+                raise event.error
+            yield event
+
+
+async def submit(request: Request, work: list[tuple[Prompt, SamplingParams]], pieces: bool = False) -> AsyncTicket:
     """Queue `work` (one entry per choice); tokenizing runs off the event loop. Errors become ApiErrors."""
     state = request.app.state
-    loop = asyncio.get_running_loop()
+    ticket = AsyncTicket(asyncio.get_running_loop(), len(work))
     try:
-        return await run_in_threadpool(state.scheduler.submit, work, loop, pieces)
+        ticket.ticket = await run_in_threadpool(state.driver.submit, work, ticket.deliver, pieces)
     except Exception as e:
         raise translate(e) from e
+    return ticket
 
 
-async def first_event(ticket: Ticket, events: AsyncIterator[Event]) -> Event | None:
+async def first_event(ticket: AsyncTicket, events: AsyncIterator[Event]) -> Event | None:
     """Wait for the first event, so that a failure is an HTTP error before any response starts."""
     try:
         return await anext(events)
@@ -42,7 +80,7 @@ async def first_event(ticket: Ticket, events: AsyncIterator[Event]) -> Event | N
         raise translate(e) from e
 
 
-async def follow(ticket: Ticket, request: Request) -> AsyncIterator[Event]:
+async def follow(ticket: AsyncTicket, request: Request) -> AsyncIterator[Event]:
     """The ticket's events; ends early, cancelling the ticket, if the client disconnects."""
     gone = asyncio.ensure_future(_disconnected(request))
     events = ticket.events()
@@ -83,7 +121,7 @@ def sse(data: dict | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def check_room(ticket: Ticket, requested: int | None, window: int) -> None:
+def check_room(ticket: AsyncTicket, requested: int | None, window: int) -> None:
     """A client's explicit max_tokens must fit beside its prompt: say both numbers, never cut silently."""
     if requested is None:
         return

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from parley.engine import Engine, SamplingParams
+from parley.engine import LocalEngine, SamplingParams
 from parley.errors import ConfigError
 from parley.eval.code import CodeEvalConfig, evaluate_model
 from parley.eval.completions import CODE_STOPS, GenerationConfig, _completion, complete_problems, generate_all
@@ -19,7 +19,7 @@ PROBLEM = Problem(
 
 
 def test_batched_generation_matches_one_at_a_time(llama_loaded):
-    engine = Engine(llama_loaded)
+    engine = LocalEngine(llama_loaded)
     prompts = ["def f(x):", [{"role": "user", "content": "Hi there"}], "import os\n", "x = 1"]
     params = [SamplingParams(temperature=0, max_new_tokens=n) for n in (6, 9, 3, 12)]
     alone = [engine.generate(p, q) for p, q in zip(prompts, params)]
@@ -28,22 +28,8 @@ def test_batched_generation_matches_one_at_a_time(llama_loaded):
     assert len(done) == len(prompts)
 
 
-def test_remote_style_engines_are_asked_in_turn():
-    class Remote:  # the surface of parley.remote.RemoteEngine that generation uses: no start()/Batch
-        def __init__(self):
-            self.asked = []
-
-        def generate(self, prompt, params):
-            self.asked.append(prompt)
-            return f"reply {len(self.asked)}"
-
-    remote = Remote()
-    assert generate_all(remote, ["a", "b"], [SamplingParams()] * 2, batch=8) == ["reply 1", "reply 2"]
-    assert remote.asked == ["a", "b"]
-
-
 def test_n_samples_per_problem_with_their_own_seeds(llama_loaded):
-    engine = Engine(llama_loaded)
+    engine = LocalEngine(llama_loaded)
     config = GenerationConfig(n=3, temperature=1.0, max_new_tokens=6, style="completion", batch=4)
     first = complete_problems(engine, {"t/0": PROBLEM}, config)
     again = complete_problems(engine, {"t/0": PROBLEM}, config)
@@ -69,7 +55,7 @@ def test_generation_settings_are_checked():
 
 
 def test_evaluate_model_writes_samples_and_scored_results(llama_loaded, tmp_path):
-    engine = Engine(llama_loaded)
+    engine = LocalEngine(llama_loaded)
     generation = GenerationConfig(max_new_tokens=5, limit=2, style="completion")
     results, json_path, md_path = evaluate_model(
         engine, "tiny-llama", "humaneval", generation, CodeEvalConfig(workers=2, ks=(1,)), tmp_path / "r.json",
@@ -84,7 +70,7 @@ def test_evaluate_model_writes_samples_and_scored_results(llama_loaded, tmp_path
 
 @pytest.mark.slow
 def test_embedded_model_writes_a_function_when_asked_in_chat(embedded_model, tmp_path):
-    engine = Engine(embedded_model)
+    engine = LocalEngine(embedded_model)
     problems = dict(list(load_problems().items())[:2])
     samples = complete_problems(engine, problems, GenerationConfig(max_new_tokens=160, style="chat"))
     assert all(f"def {problems[s['task_id']].entry_point}" in s["completion"] for s in samples)
@@ -95,7 +81,7 @@ def test_chat_answers_stop_once_the_code_block_is_closed(llama_loaded):
 
     assert _closed_block("Here:\n```python\ndef f():\n    pass\n```")
     assert not _closed_block("Here:\n```python\ndef f():\n    pass\n")
-    engine = Engine(llama_loaded)
+    engine = LocalEngine(llama_loaded)
     params = [SamplingParams(temperature=0, max_new_tokens=12)] * 2
     full = generate_all(engine, ["a", "b"], params, batch=2)
     cut = generate_all(engine, ["a", "b"], params, batch=2, enough=lambda text: len(text) >= 3)

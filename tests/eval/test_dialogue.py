@@ -8,7 +8,7 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from parley.engine import Engine
+from parley.engine import LocalEngine
 from parley.errors import ConfigError
 from parley.eval.dialogue import DialogueConfig, conversations, generate_and_score, score
 
@@ -71,7 +71,7 @@ def test_generate_and_score_with_a_tiny_model(llama_loaded, tmp_path):
     ])
     config = DialogueConfig(split="all", max_new_tokens=4, examples=2, batch=2)
     found = conversations([spec], config)
-    results = generate_and_score(Engine(llama_loaded), found, config)
+    results = generate_and_score(LocalEngine(llama_loaded), found, config)
     assert results["details"]["conversations"] == 3 and len(results["examples"]) == 2
     assert [r["reference"] for r in results["replies"]] == ["a", "b", "c"]
     assert set(results["metrics"]) == {"bleu", "rouge1", "rouge2", "rougeL"}

@@ -28,9 +28,10 @@ def tmp_db(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(tiny_loaded, tmp_db):
     """One shared server with default settings: (base_url, app)."""
+    from parley.engine import LocalEngine
     from parley.serve.app import ServeOptions, create_app
 
-    app = create_app(ServeOptions(model="tiny", max_tokens=256, db=tmp_db), loaded=tiny_loaded)
+    app = create_app(ServeOptions(model="tiny", max_tokens=256, db=tmp_db), engine=LocalEngine(tiny_loaded))
     url, stop = start_server(app)
     yield url, app
     stop()

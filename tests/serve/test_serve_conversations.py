@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from parley.conversation import fit_messages
-from parley.engine import Engine, SamplingParams
+from parley.engine import LocalEngine, SamplingParams
 from parley.store import Store
 from serve.live_server import start_server
 
@@ -49,7 +49,7 @@ def test_reply_is_the_engines_and_is_stored(api, tiny_loaded, tmp_db):
     body = api.post(f"/v1/conversations/{cid}/messages",
                     json={"content": "Hello there", "params": GREEDY, "stream": False}).json()
     history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
-    expected = Engine(tiny_loaded).generate(history, SamplingParams(**GREEDY))
+    expected = LocalEngine(tiny_loaded).generate(history, SamplingParams(**GREEDY))
     assert body["message"]["content"] == expected
     stored = api.get(f"/v1/conversations/{cid}").json()
     assert stored["messages"] == [{"role": "user", "content": "Hello there"},
@@ -98,7 +98,7 @@ def long_api(tiny_loaded, tmp_path_factory):
     """A server of its own that allows replies long enough (1000 tokens) to stop one halfway."""
     from parley.serve.app import ServeOptions, create_app
 
-    app = create_app(ServeOptions(max_tokens=1000, db=tmp_path_factory.mktemp("long") / "db"), loaded=tiny_loaded)
+    app = create_app(ServeOptions(max_tokens=1000, db=tmp_path_factory.mktemp("long") / "db"), engine=LocalEngine(tiny_loaded))
     url, stop = start_server(app)
     with httpx.Client(base_url=url, timeout=60) as http:
         yield http
@@ -118,7 +118,7 @@ def test_stop_keeps_the_partial_reply(long_api, tiny_loaded):
             shown += event.get("text", "")
             if len(shown) > 10:
                 break  # the page's Stop button: the connection closes mid-reply
-    full = Engine(tiny_loaded).generate([{"role": "user", "content": "Go on"}],
+    full = LocalEngine(tiny_loaded).generate([{"role": "user", "content": "Go on"}],
                                         SamplingParams(temperature=0, max_new_tokens=1000))
     deadline = time.monotonic() + 10
     while len(messages := api.get(f"/v1/conversations/{cid}").json()["messages"]) < 2:

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from serve.live_server import CONTEXT, start_server
-from parley.engine import Engine, SamplingParams
+from parley.engine import LocalEngine, SamplingParams
 from parley.templates import encode_chat
 
 HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
@@ -29,7 +29,7 @@ def test_models_health_docs(server, client):
 def test_chat_matches_the_engine(client, tiny_loaded):
     reply = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=12, temperature=0)
     (choice,) = reply.choices
-    expected = Engine(tiny_loaded).generate(HELLO, SamplingParams(temperature=0, max_new_tokens=12))
+    expected = LocalEngine(tiny_loaded).generate(HELLO, SamplingParams(temperature=0, max_new_tokens=12))
     assert choice.message.role == "assistant"
     assert choice.message.content == expected
     assert choice.finish_reason in ("stop", "length")
@@ -96,7 +96,7 @@ def test_completions_raw_prompt(client, tiny_loaded):
     args = dict(model="tiny", prompt="def fib(n):", max_tokens=10, temperature=0)
     reply = client.completions.create(**args, logprobs=2)
     (choice,) = reply.choices
-    assert choice.text == Engine(tiny_loaded).generate("def fib(n):", SamplingParams(temperature=0, max_new_tokens=10))
+    assert choice.text == LocalEngine(tiny_loaded).generate("def fib(n):", SamplingParams(temperature=0, max_new_tokens=10))
     assert len(choice.logprobs.tokens) == reply.usage.completion_tokens
     assert all(len(top) <= 2 for top in choice.logprobs.top_logprobs)
     assert choice.logprobs.text_offset[0] == 0
@@ -165,7 +165,7 @@ def test_metrics_count_requests_and_tokens(server, client):
 def test_api_keys(tiny_loaded, tmp_path):
     from parley.serve.app import ServeOptions, create_app
 
-    app = create_app(ServeOptions(api_keys=["k-one", "k-two"], db=tmp_path / "db"), loaded=tiny_loaded)
+    app = create_app(ServeOptions(api_keys=["k-one", "k-two"], db=tmp_path / "db"), engine=LocalEngine(tiny_loaded))
     url, stop = start_server(app)
     try:
         for key in ("wrong", "k-one-and-more", ""):
@@ -185,7 +185,7 @@ def test_full_queue_is_429_and_a_disconnect_frees_its_slot(tiny_loaded, tmp_path
     from parley.serve.app import ServeOptions, create_app
 
     app = create_app(ServeOptions(max_batch=1, max_queue=1, max_tokens=1000, db=tmp_path / "db"),
-                     loaded=tiny_loaded)
+                     engine=LocalEngine(tiny_loaded))
     url, stop = start_server(app)
     client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
     long = dict(model="tiny", messages=HELLO, max_tokens=1000, temperature=1.0, stop=None)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from parley import models
-from parley.engine import Engine, SamplingParams
+from parley import backend
+from parley.engine import Engine, LocalEngine, SamplingParams
 from parley.errors import ContextError, ModelLoadError
-from parley.remote import RemoteEngine, engine_for
+from parley.remote import RemoteEngine
 from parley.store import Store
 from serve.live_server import CONTEXT
 
@@ -25,20 +25,20 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=10)
 
 @pytest.fixture
 def remote(server):
-    return models.load("openai:tiny", base_url=server[0] + "/v1")
+    return backend.open("openai:tiny", base_url=server[0] + "/v1")
 
 
-def test_engine_for_picks_the_backend(remote, tiny_loaded):
-    assert isinstance(engine_for(tiny_loaded), Engine)
-    assert isinstance(engine_for(remote), RemoteEngine)
-    assert remote.remote == "tiny" and remote.spec == "openai:tiny"
+def test_open_picks_the_backend(remote, tiny_loaded):
+    assert isinstance(LocalEngine(tiny_loaded), Engine)
+    assert isinstance(remote, RemoteEngine) and isinstance(remote, Engine)
+    assert remote.name == "tiny" and remote.spec == "openai:tiny"
     assert remote.context_window == CONTEXT  # read from the server's /v1/models
-    assert remote.model is None and remote.tokenizer is None
+    assert not hasattr(remote, "loaded")  # no weights or tokenizer here
 
 
 def test_remote_text_is_the_local_engines(remote, tiny_loaded):
-    local = Engine(tiny_loaded)
-    engine = engine_for(remote)
+    local = LocalEngine(tiny_loaded)
+    engine = remote
     assert engine.generate(HELLO, GREEDY) == local.generate(HELLO, GREEDY)
     assert engine.generate("def fib(n):", GREEDY) == local.generate("def fib(n):", GREEDY)
     tokens = list(engine.stream(HELLO, SamplingParams(temperature=0, max_new_tokens=6, top_logprobs=2)))
@@ -48,14 +48,14 @@ def test_remote_text_is_the_local_engines(remote, tiny_loaded):
 
 def test_remote_errors_are_one_line(server, remote):
     with pytest.raises(ModelLoadError, match="serves: tiny"):
-        models.load("openai:gpt-4o", base_url=server[0] + "/v1")
+        backend.open("openai:gpt-4o", base_url=server[0] + "/v1")
     with socket.socket() as s:  # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(ModelLoadError, match="cannot reach"):
-        models.load("openai:tiny", base_url=f"http://127.0.0.1:{port}/v1")
+        backend.open("openai:tiny", base_url=f"http://127.0.0.1:{port}/v1")
     with pytest.raises(ContextError, match=str(CONTEXT)):
-        engine_for(remote).generate([{"role": "user", "content": "hi " * 1500}], GREEDY)
+        remote.generate([{"role": "user", "content": "hi " * 1500}], GREEDY)
 
 
 def test_parley_chat_talks_to_a_parley_server(server, tiny_loaded):
@@ -66,7 +66,7 @@ def test_parley_chat_talks_to_a_parley_server(server, tiny_loaded):
         capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 0, done.stderr
-    expected = Engine(tiny_loaded).generate(HELLO, GREEDY)
+    expected = LocalEngine(tiny_loaded).generate(HELLO, GREEDY)
     assert done.stdout == expected + "\n"
     stored = Store().list(limit=5)  # the chat's own store, under the tests' PARLEY_HOME
     assert any(c.model == "openai:tiny" and c.message_count == 2 for c in stored)

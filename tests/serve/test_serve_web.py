@@ -50,9 +50,10 @@ def wait_reply_done(page, count: int):
 @pytest.fixture(scope="module")
 def web(tiny_loaded, tmp_path_factory):
     """A server of its own, allowing replies long enough to press Stop in."""
+    from parley.engine import LocalEngine
     from parley.serve.app import ServeOptions, create_app
 
-    app = create_app(ServeOptions(max_tokens=1000, db=tmp_path_factory.mktemp("web") / "db"), loaded=tiny_loaded)
+    app = create_app(ServeOptions(max_tokens=1000, db=tmp_path_factory.mktemp("web") / "db"), engine=LocalEngine(tiny_loaded))
     url, stop = start_server(app)
     yield url, app
     stop()
@@ -112,7 +113,7 @@ def test_chat_page_end_to_end(browser, web):
         f"fetch('/v1/conversations/{cid}').then(r => r.json()).then(c => c.messages.length === 4)")
     partial = httpx.get(f"{url}/v1/conversations/{cid}").json()["messages"][-1]
     assert partial["role"] == "assistant" and partial["content"]
-    tokens = len(web[1].state.loaded.tokenizer(partial["content"])["input_ids"])
+    tokens = len(web[1].state.engine.loaded.tokenizer(partial["content"])["input_ids"])
     assert tokens < 800, "Stop did not stop the reply"
 
     # Regenerate replaces the last reply.
@@ -168,9 +169,10 @@ def test_without_javascript_the_plain_form_answers(browser, server):
 
 
 def test_api_key_is_asked_for_and_used(browser, tiny_loaded, tmp_path):
+    from parley.engine import LocalEngine
     from parley.serve.app import ServeOptions, create_app
 
-    url, stop = start_server(create_app(ServeOptions(api_keys=["sesame"], db=tmp_path / "db"), loaded=tiny_loaded))
+    url, stop = start_server(create_app(ServeOptions(api_keys=["sesame"], db=tmp_path / "db"), engine=LocalEngine(tiny_loaded)))
     try:
         ctx, page, _ = open_page(browser, url)
         page.wait_for_selector("#settings:not([hidden])")  # the 401 opened the settings at the key field
@@ -185,9 +187,10 @@ def test_api_key_is_asked_for_and_used(browser, tiny_loaded, tmp_path):
 
 @pytest.mark.slow
 def test_real_model_reply_has_a_highlighted_code_block(browser, embedded_model, tmp_path):
+    from parley.engine import LocalEngine
     from parley.serve.app import ServeOptions, create_app
 
-    url, stop = start_server(create_app(ServeOptions(db=tmp_path / "db"), loaded=embedded_model))
+    url, stop = start_server(create_app(ServeOptions(db=tmp_path / "db"), engine=LocalEngine(embedded_model)))
     try:
         ctx, page, errors = open_page(browser, url, viewport={"width": 1000, "height": 800})
         page.wait_for_selector("#app:not([hidden])")

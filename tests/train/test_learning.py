@@ -13,7 +13,7 @@ import torch
 from .train_task import HELD_OUT, prompt, reply, write_task
 
 from parley import models
-from parley.engine import Engine, SamplingParams
+from parley.engine import LocalEngine, SamplingParams
 from parley.templates import DEFAULT_TEMPLATE, encode_chat
 from parley.train.config import load_config
 from parley.train.loop import start
@@ -26,7 +26,7 @@ def train(out, *overrides: str):
 
 
 def held_out_correct(final, form: str = "intro", frame: str = "hi") -> int:
-    engine = Engine(models.load(str(final), device="cpu"))
+    engine = LocalEngine(models.load(str(final), device="cpu"))
     params = SamplingParams(temperature=0, max_new_tokens=24)
     return sum(engine.generate(prompt(n, c, form), params) == reply(n, c, frame) for n, c in HELD_OUT)
 

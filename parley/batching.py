@@ -1,44 +1,50 @@
-"""Continuous batching for the server: many requests, one engine, one forward pass per step.
+"""Many prompts at once: the one continuous-batching driver that the server and `parley eval` share.
 
-    scheduler = scheduler_for(engine, max_batch=8, max_queue=64)
-    scheduler.start()
-    ticket = scheduler.submit([(messages, params)], loop)     # raises Busy (-> 429) or ShuttingDown
-    async for event in ticket.events(): ...                    # tokens, then one closing event per choice
-    ticket.cancel()                                            # the client went away: free the slot
-    scheduler.drain(grace_s); scheduler.close()
+    driver = engine.driver(max_batch=8, max_queue=64)       # any Engine: local or remote
+    ticket = driver.submit([(messages, params)], deliver)    # raises Busy, ShuttingDown (or ContextError)
+    # deliver(Event) is called from the driver's threads: tokens, then one closing event per choice
+    ticket.cancel()                                          # nobody wants the rest: free the slots
+    driver.drain(grace_s); driver.close()
 
-`BatchScheduler` (local models): one background thread owns the Engine's `Batch`. Each loop it
-admits waiting sequences up to `max_batch` (each is prefilled as it joins), drops cancelled ones,
-steps the batch once, and hands every Token to its request's asyncio queue through
-`loop.call_soon_threadsafe`. Sequences leave as soon as they finish, so a long reply never holds
-up a short one. The waiting line is bounded: `submit` raises `Busy` instead of queueing forever.
+The caller decides how events reach it: the server hops onto its asyncio loop
+(`loop.call_soon_threadsafe`, serve/streaming.py), evaluation waits on a plain queue
+(eval/completions.py). Each engine picks its driver:
 
-`RemoteScheduler` (`openai:` models): the remote service batches, so each sequence streams in a
-worker thread of its own, `max_batch` at a time, with the same bounded line and the same tickets.
+`BatchDriver` (local models): one background thread owns the engine's `Batch`. Each loop it admits
+waiting sequences up to `max_batch` (each is prefilled as it joins), drops cancelled ones, steps the
+batch once, and delivers every Token. Sequences leave as soon as they finish, so a long reply never
+holds up a short one. Prompts are tokenized and checked against the context window in `submit`
+(the caller's thread), so a too-long prompt is an error before anything starts.
 
-Prompts are tokenized and checked against the context window in `submit` (the caller's thread), so
-a too-long prompt is an error before any response starts.
+`StreamDriver` (remote services, which batch on their side): each sequence streams in a worker
+thread of its own, `max_batch` at a time, with the same bounded line and the same tickets.
 
-Limits: a newcomer's prefill runs between two steps, so it delays the others' next token by
-its own length; there is no preemption or prefix caching. A remote sequence's finish_reason is
-"length" when it used all of max_new_tokens chunks, else "stop" (a chunk may hold several tokens).
+Both bound the waiting line (`submit` raises `Busy` rather than queueing forever), refuse new work
+after `drain` (`ShuttingDown`), let running work finish for the grace period and then end it with
+finish_reason "length", and turn a failure into one error event per affected choice.
+
+Limits: a newcomer's prefill runs between two steps, so it delays the others' next token by its own
+length; there is no preemption or prefix caching. A remote sequence's finish_reason is "length"
+when it used all of max_new_tokens chunks, else "stop" (a chunk may hold several tokens).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-from parley.engine import Batch, Engine, Prompt, SamplingParams, Sequence, Token
 from parley.errors import ParleyError
-from parley.remote import RemoteEngine
 
-log = logging.getLogger("parley.serve")
+if TYPE_CHECKING:  # types only: engine.py imports this module, not the other way round
+    from parley.engine import Batch, LocalEngine, Prompt, SamplingParams, Sequence, Token
+
+log = logging.getLogger("parley.batching")
 
 
 class Busy(Exception):
@@ -50,7 +56,7 @@ class Busy(Exception):
 
 
 class ShuttingDown(Exception):
-    """The server is stopping and takes no new requests (HTTP 503)."""
+    """The driver is stopping and takes no new work (HTTP 503)."""
 
     def __init__(self):
         super().__init__("the server is shutting down; retry against another instance or after restart")
@@ -68,33 +74,21 @@ class Event:
 
 
 class Ticket:
-    """One request: its sequences' events arrive, in order per choice, on one asyncio queue."""
+    """One submitted request: its choices' events go, in order per choice, to `deliver`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, n: int, pieces: bool):
-        self.loop, self.pieces = loop, pieces
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+    def __init__(self, n: int, deliver: Callable[[Event], None], pieces: bool = False):
+        self.pieces = pieces
         self.cancelled = False
-        self.open = n  # choices not yet closed
         self.prompt_tokens: list[int] = [0] * n  # per choice; 0 where unknown (remote)
-        self._on_cancel = lambda: None
+        self._deliver = deliver
+        self._on_cancel: Callable[[], None] = lambda: None
 
     def post(self, event: Event) -> None:
-        """Called from the scheduler's thread."""
+        """Called from the driver's threads."""
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-        except RuntimeError:  # the event loop has closed: nobody is listening any more
+            self._deliver(event)
+        except RuntimeError:  # the listener is gone (its event loop has closed): stop working for it
             self.cancelled = True
-
-    async def events(self):
-        """Every event until all choices have closed; raises the first error a choice hit."""
-        while self.open:
-            event = await self.queue.get()
-            if event.finish_reason is not None or event.error is not None:
-                self.open -= 1
-            if event.error is not None:
-                self.cancel()
-                raise event.error
-            yield event
 
     def cancel(self) -> None:
         """Stop generating for this request; its slots are freed before the next step."""
@@ -103,33 +97,46 @@ class Ticket:
             self._on_cancel()
 
 
+class Driver(Protocol):
+    """What `Engine.driver()` returns; see the module docstring."""
+
+    @property
+    def waiting(self) -> int: ...  # sequences waiting for a slot
+
+    @property
+    def active(self) -> int: ...  # sequences being decoded
+
+    def submit(self, requests: list[tuple[Prompt, SamplingParams]], deliver: Callable[[Event], None],
+               pieces: bool = False) -> Ticket: ...
+
+    def drain(self, grace_s: float) -> None: ...
+
+    def close(self, grace_s: float = 0.0) -> None: ...
+
+
 @dataclass
 class _Job:
     ticket: Ticket
     index: int
-    seq: Sequence | None = None  # local
-    prompt: Prompt | None = None  # remote
-    params: SamplingParams | None = None  # remote
-    sent: int = field(default=0)
+    seq: Sequence | None = None  # BatchDriver
+    prompt: Prompt | None = None  # StreamDriver
+    params: SamplingParams | None = None  # StreamDriver
 
 
-def scheduler_for(engine: Engine | RemoteEngine, max_batch: int = 8, max_queue: int = 64):
-    if isinstance(engine, RemoteEngine):
-        return RemoteScheduler(engine, max_batch, max_queue)
-    return BatchScheduler(engine, max_batch, max_queue)
+class BatchDriver:
+    """One thread, one Batch over a LocalEngine: see the module docstring. Starts at once."""
 
-
-class BatchScheduler:
-    """One thread, one Batch: see the module docstring."""
-
-    def __init__(self, engine: Engine, max_batch: int = 8, max_queue: int = 64, retry_after: int = 1):
+    def __init__(self, engine: LocalEngine, new_batch: Callable[[], Batch], max_batch: int = 8,
+                 max_queue: int = 64, retry_after: int = 1):
         self.engine, self.max_batch, self.max_queue, self.retry_after = engine, max_batch, max_queue, retry_after
-        self._batch = Batch(engine)
+        self._new_batch = new_batch
+        self._batch = new_batch()
         self._jobs: dict[Sequence, _Job] = {}  # jobs in the batch, by sequence
         self._waiting: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._deadline: float | None = None  # set by drain(): finish by then, then cut
-        self._thread = threading.Thread(target=self._run, name="parley-scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="parley-batch", daemon=True)
+        self._thread.start()
 
     @property
     def waiting(self) -> int:
@@ -139,13 +146,11 @@ class BatchScheduler:
     def active(self) -> int:
         return len(self._jobs)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, requests: list[tuple[Prompt, SamplingParams]], loop, pieces: bool = False) -> Ticket:
+    def submit(self, requests: list[tuple[Prompt, SamplingParams]], deliver: Callable[[Event], None],
+               pieces: bool = False) -> Ticket:
         """Queue one request's sequences (all or none). Raises ContextError, Busy or ShuttingDown."""
         seqs = [self.engine.start(prompt, params) for prompt, params in requests]  # tokenize, check length
-        ticket = Ticket(loop, len(seqs), pieces)
+        ticket = Ticket(len(seqs), deliver, pieces)
         ticket.prompt_tokens = [len(seq.prompt_ids) for seq in seqs]
         with self._cond:
             if self._deadline is not None:
@@ -158,7 +163,7 @@ class BatchScheduler:
         return ticket
 
     def drain(self, grace_s: float) -> None:
-        """Take no new requests; let running ones finish for `grace_s`, then end them ("length")."""
+        """Take no new work; let running sequences finish for `grace_s`, then end them ("length")."""
         with self._cond:
             if self._deadline is None:
                 self._deadline = time.monotonic() + grace_s
@@ -193,7 +198,7 @@ class BatchScheduler:
                 for job in list(self._jobs.values()) + [j for j in admit if j.seq not in self._jobs]:
                     job.ticket.post(Event(job.index, error=e))
                 self._jobs.clear()
-                self._batch = Batch(self.engine)
+                self._batch = self._new_batch()
 
     def _cycle(self, admit: list[_Job]) -> None:
         for job in admit:
@@ -211,7 +216,7 @@ class BatchScheduler:
             self._sweep()
 
     def _deliver(self, job: _Job, token: Token) -> None:
-        piece = self.engine.loaded.tokenizer.decode([token.id]) if job.ticket.pieces else ""
+        piece = self.engine.piece(token.id) if job.ticket.pieces else ""
         job.ticket.post(Event(job.index, token=token, piece=piece))
 
     def _sweep(self) -> None:
@@ -229,12 +234,13 @@ class BatchScheduler:
         job.ticket.post(Event(job.index, finish_reason=reason))
 
 
-class RemoteScheduler:
-    """Each sequence streams from the remote service in a worker thread; see the module docstring."""
+class StreamDriver:
+    """Each sequence streams from `stream` in a worker thread; see the module docstring."""
 
-    def __init__(self, engine: RemoteEngine, max_batch: int = 8, max_queue: int = 64, retry_after: int = 1):
-        self.engine, self.max_batch, self.max_queue, self.retry_after = engine, max_batch, max_queue, retry_after
-        self._pool = ThreadPoolExecutor(max_workers=max_batch, thread_name_prefix="parley-remote")
+    def __init__(self, stream: Callable[[Prompt, SamplingParams], Iterator[Token]], max_batch: int = 8,
+                 max_queue: int = 64, retry_after: int = 1):
+        self.stream, self.max_batch, self.max_queue, self.retry_after = stream, max_batch, max_queue, retry_after
+        self._pool = ThreadPoolExecutor(max_workers=max_batch, thread_name_prefix="parley-stream")
         self._lock = threading.Lock()
         self._pending = 0  # sequences queued or running
         self._deadline: float | None = None
@@ -247,13 +253,11 @@ class RemoteScheduler:
     def active(self) -> int:
         return min(self._pending, self.max_batch)
 
-    def start(self) -> None:
-        pass
-
-    def submit(self, requests: list[tuple[Prompt, SamplingParams]], loop, pieces: bool = False) -> Ticket:
+    def submit(self, requests: list[tuple[Prompt, SamplingParams]], deliver: Callable[[Event], None],
+               pieces: bool = False) -> Ticket:
         for _, params in requests:
             params.check()
-        ticket = Ticket(loop, len(requests), pieces=False)  # remote tokens have no ids to decode
+        ticket = Ticket(len(requests), deliver, pieces=False)  # remote tokens have no ids to decode
         with self._lock:
             if self._deadline is not None:
                 raise ShuttingDown()
@@ -265,22 +269,22 @@ class RemoteScheduler:
         return ticket
 
     def _stream(self, job: _Job) -> None:
-        ticket, tokens, reason = job.ticket, self.engine.stream(job.prompt, job.params), "stop"
+        ticket, tokens, reason, sent = job.ticket, self.stream(job.prompt, job.params), "stop", 0
         try:
             if self._deadline is not None:
                 raise ShuttingDown()
             for token in tokens:
                 if ticket.cancelled:
                     return
-                job.sent += 1
+                sent += 1
                 ticket.post(Event(job.index, token=token))
                 if self._deadline is not None and time.monotonic() > self._deadline:
                     reason = "length"
                     break
-            if job.sent >= job.params.max_new_tokens:
+            if sent >= job.params.max_new_tokens:
                 reason = "length"
             ticket.post(Event(job.index, finish_reason=reason))
-        except Exception as e:  # ParleyErrors become HTTP errors; anything else is logged as a bug
+        except Exception as e:  # ParleyErrors are the caller's to report; anything else is logged as a bug
             if not isinstance(e, (ParleyError, ShuttingDown)):
                 log.exception("remote generation failed")
             ticket.post(Event(job.index, error=e))

@@ -1,0 +1,40 @@
+"""The one place that decides local or remote: a model spec in, an `Engine` out.
+
+    engine = open("smollm2")                                  # LocalEngine over models.load
+    engine = open("runs/x/final", device="cuda")              # a directory, a hub id: the same
+    engine = open("openai:NAME", base_url="http://gpu-box:8000/v1")   # RemoteEngine (parley.remote)
+    loaded = local("smollm2", purpose="perplexity")           # weights themselves, for verbs that need them
+
+Front ends call `open` and then use the `Engine` protocol (engine.py) without asking which they got.
+Verbs that need the weights or the tokenizer (perplexity, data preparation) call `local`, which
+refuses a remote spec in one line before anything loads.
+"""
+
+from __future__ import annotations
+
+from parley import embedded, models
+from parley.engine import Engine, LocalEngine
+from parley.errors import ConfigError
+from parley.models import Loaded
+
+REMOTE = "openai:"  # the prefix of a remote OpenAI-compatible model: openai:NAME
+
+
+def open(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto", base_url: str | None = None) -> Engine:
+    """The engine for `spec`: see the module docstring. `base_url` is for remote specs only."""
+    if spec.startswith(REMOTE):
+        from parley import remote  # imports the openai client: only when asked for
+
+        name = spec.removeprefix(REMOTE)
+        if not name:
+            raise ConfigError("--model openai:NAME needs a model name after 'openai:', e.g. openai:gpt-4o-mini")
+        return remote.connect(name, base_url, spec=spec)
+    return LocalEngine(models.load(spec, device=device, dtype=dtype))
+
+
+def local(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto", purpose: str = "this") -> Loaded:
+    """`models.load(spec)`, or a ConfigError naming `purpose` when `spec` is a remote service."""
+    if spec.startswith(REMOTE):
+        raise ConfigError(f"{purpose} needs a local model: a remote API ({spec}) has no weights or tokenizer "
+                          "here; name a model directory, a hub id or smollm2")
+    return models.load(spec, device=device, dtype=dtype)
