@@ -201,10 +201,12 @@ class BatchDriver:
                 self._batch = self._new_batch()
 
     def _cycle(self, admit: list[_Job]) -> None:
-        for job in admit:
-            if not job.ticket.cancelled:
+        joining = [job for job in admit if not job.ticket.cancelled]
+        if joining:  # newcomers are prefilled together: one pass over the weights, not one each
+            tokens = self._batch.add_many([job.seq for job in joining])
+            for job, token in zip(joining, tokens):
                 self._jobs[job.seq] = job
-                self._deliver(job, self._batch.add(job.seq))
+                self._deliver(job, token)
         self._sweep()
         if self._deadline is not None and time.monotonic() > self._deadline:
             for seq in list(self._jobs):  # out of grace: end what is left, cleanly
