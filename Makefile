@@ -59,6 +59,7 @@ $(BENCH_STAMP): Makefile
 
 bench: install bench-deps $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/generate.py --llama-python $(BENCH_VENV)/bin/python
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/turns.py --llama-python $(BENCH_VENV)/bin/python
 
 clean-venv:
 	rm -rf $(VENV) $(BENCH_VENV)
