@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.parley-installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 
-.PHONY: system-deps test-deps install chat test test-fast bench clean-venv
+.PHONY: system-deps test-deps bench-deps install chat test test-fast bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,27 @@ test: install test-deps
 test-fast: install test-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
-bench: install
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/generate.py
+# The speed reference: llama.cpp (llama-cpp-python, built from source) in a venv of its own, never a
+# dependency of Parley. The benches run it in a subprocess with this venv's python. GGML_NATIVE tunes
+# the build to this machine's CPU (AVX2/AVX-512...), so the venv is not portable; CPU only; 2 jobs so a
+# shared 2-core machine stays usable (the build takes several minutes).
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.llama-cpp-installed
+LLAMA_CPP   := llama-cpp-python[server]==0.3.36
+LLAMA_CMAKE := -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF
+
+bench-deps:
+	@command -v cmake >/dev/null && command -v g++ >/dev/null || { $(APT) update -q && $(APT) install -y -q cmake g++; }
+
+$(BENCH_STAMP): Makefile
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+	  $(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-binary llama-cpp-python '$(LLAMA_CPP)'
+	@touch $@
+
+bench: install bench-deps $(BENCH_STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/generate.py --llama-python $(BENCH_VENV)/bin/python
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/turns.py --llama-python $(BENCH_VENV)/bin/python
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(BENCH_VENV)
