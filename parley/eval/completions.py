@@ -69,11 +69,9 @@ def generate_all(
             if on_done is not None:
                 on_done(1)
         return texts
-    from parley.engine import Batch
-
     texts = [""] * len(prompts)
     waiting = iter(range(len(prompts)))
-    group, running = Batch(engine), {}
+    group, running = engine.new_batch(), {}
     while True:
         # Refill as sequences finish (continuous batching), so short answers do not idle the batch.
         while len(running) < batch and (index := next(waiting, None)) is not None:

@@ -34,7 +34,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from parley.engine import Batch, Engine, Prompt, SamplingParams, Sequence, Token
+from parley.engine import Engine, Prompt, SamplingParams, Sequence, Token
 from parley.errors import ParleyError
 from parley.remote import RemoteEngine
 
@@ -124,7 +124,7 @@ class BatchScheduler:
 
     def __init__(self, engine: Engine, max_batch: int = 8, max_queue: int = 64, retry_after: int = 1):
         self.engine, self.max_batch, self.max_queue, self.retry_after = engine, max_batch, max_queue, retry_after
-        self._batch = Batch(engine)
+        self._batch = engine.new_batch()
         self._jobs: dict[Sequence, _Job] = {}  # jobs in the batch, by sequence
         self._waiting: deque[_Job] = deque()
         self._cond = threading.Condition()
@@ -193,7 +193,7 @@ class BatchScheduler:
                 for job in list(self._jobs.values()) + [j for j in admit if j.seq not in self._jobs]:
                     job.ticket.post(Event(job.index, error=e))
                 self._jobs.clear()
-                self._batch = Batch(self.engine)
+                self._batch = self.engine.new_batch()
 
     def _cycle(self, admit: list[_Job]) -> None:
         for job in admit:
