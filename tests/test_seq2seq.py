@@ -66,7 +66,8 @@ def test_logprobs_are_the_models(engine):
     model = engine.loaded.model
     decoder = [model.config.decoder_start_token_id] + [t.id for t in tokens[:-1]]
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([engine.prompt_ids(CHAT)]), decoder_input_ids=torch.tensor([decoder])).logits
+        prompt = torch.tensor([engine.prompt_ids(CHAT)])
+        logits = model(input_ids=prompt, decoder_input_ids=torch.tensor([decoder])).logits
     expected = torch.log_softmax(logits[0].float(), dim=-1)
     for i, token in enumerate(tokens):
         assert token.logprob == pytest.approx(float(expected[i, token.id]), abs=1e-4)
