@@ -14,7 +14,7 @@ from parley.errors import ContextError
 from parley.models import assemble
 from parley.seq2seq import Seq2SeqBatch
 from parley.train.batches import seq2seq_rows
-from tiny_models import tiny_bart, tiny_t5, tiny_llama
+from tiny_models import tiny_bart, tiny_llama, tiny_t5
 
 CHAT = [{"role": "user", "content": "I am Ada from Oslo."}]
 RAW = "Hi Eve! How is Pune?"
@@ -35,8 +35,9 @@ def reference(engine, prompt, max_new_tokens: int) -> list[int]:
     """transformers' own greedy decoding of the same encoder input (the decoder start token dropped)."""
     ids = engine.prompt_ids(prompt)
     out = engine.loaded.model.generate(
-        torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=max_new_tokens,
-        do_sample=False, eos_token_id=engine.loaded.stop_ids, pad_token_id=engine.loaded.tokenizer.pad_token_id,
+        input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=engine.loaded.stop_ids,
+        pad_token_id=engine.loaded.tokenizer.pad_token_id,
     )
     return out[0, 1:].tolist()
 
@@ -132,3 +133,15 @@ def test_chat_prompts_are_what_training_fed_the_encoder(engine, tokenizer):
     pairs = seq2seq_rows({"input_ids": [example.input_ids], "labels": [example.labels]})
     assert pairs["input_ids"] == [engine.prompt_ids(CHAT)]
     assert tokenizer.decode(pairs["labels"][0], skip_special_tokens=True) == reply["content"]
+
+
+def test_a_lora_adapter_over_t5_decodes_like_generate(tokenizer):
+    """`parley train lora.r=...` on a T5 leaves a peft model: the engine drives it through the wrapper."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=4, target_modules=["q", "v"], init_lora_weights=False)
+    engine = Engine(assemble(get_peft_model(tiny_t5(tokenizer), config).eval(), tokenizer, spec="tiny-t5-lora"))
+    ours = [t.id for t in engine.stream(CHAT, SamplingParams(temperature=0, max_new_tokens=16))]
+    assert ours == reference(engine, CHAT, 16)
+    plain = Engine(assemble(tiny_t5(tokenizer), tokenizer, spec="tiny-t5"))
+    assert ours != [t.id for t in plain.stream(CHAT, SamplingParams(temperature=0, max_new_tokens=16))]
