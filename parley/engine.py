@@ -20,7 +20,10 @@ of a chat, an API client resending its history) prefills only what is new.
 
 Detokenizing is incremental (only the newest tokens are decoded), so a reply costs linear time.
 
-Limits: decoder-only models (encoder-decoder models train and evaluate, but do not chat here yet).
+Encoder-decoder models (T5, BART) decode in a `parley.seq2seq.Seq2SeqBatch` instead (`new_batch()` chooses).
+
+Limits: prefix reuse and batched rows are for decoder-only models; an encoder-decoder batch steps its
+sequences one forward each (see parley/seq2seq.py).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from parley.conversation import Fitted, fit_messages, reply_room
 from parley.errors import ConfigError, ContextError
 from parley.kvcache import PrefixStore, RowCache
 from parley.models import Loaded
+from parley.seq2seq import Seq2SeqBatch
 from parley.templates import encode_chat
 
 PREFILL_CHUNK = 512  # prompt tokens fed per forward: bounds the (tokens x context) mask and activations
@@ -376,10 +380,14 @@ class LocalEngine:
             )
         return Sequence(self, ids, params)
 
+    def new_batch(self) -> Batch | Seq2SeqBatch:
+        """An empty batch of the kind this model decodes in: the one place that chooses."""
+        return Seq2SeqBatch(self) if getattr(self.loaded.model.config, "is_encoder_decoder", False) else Batch(self)
+
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[Token]:
         """Yield tokens as they are produced. Closing the generator stops decoding."""
         seq = self.start(prompt, params or SamplingParams())
-        batch = Batch(self)
+        batch = self.new_batch()
         token = batch.add(seq)
         try:
             yield token
@@ -407,7 +415,7 @@ class LocalEngine:
 
     def driver(self, max_batch: int = 8, max_queue: int = 64) -> BatchDriver:
         """One thread decoding up to `max_batch` sequences together (batching.BatchDriver)."""
-        return BatchDriver(self, lambda: Batch(self), max_batch, max_queue)
+        return BatchDriver(self, self.new_batch, max_batch, max_queue)
 
 
 def _sliding_window(config) -> int | None:

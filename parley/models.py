@@ -36,7 +36,7 @@ class Loaded:
     spec: str  # what the user asked for ("smollm2", a path, a hub id)
     path: str  # where the weights were read from
     device: object  # torch.device
-    context_window: int  # the longest sequence (prompt + reply) the model can attend over
+    context_window: int  # the longest sequence (prompt + reply) attended over; encoder-decoder: the longest prompt
     stop_ids: list[int] = field(default_factory=list)  # token ids that end a reply
     stop_strings: list[str] = field(default_factory=list)  # strings that end a reply (template markers)
 
