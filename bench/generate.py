@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every side")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the engine with compiled decode steps (waits ~2 min for the compile)")
     parser.add_argument("--llama-python", type=Path, default=BENCH_PYTHON,
                         help="python of the venv with llama-cpp-python (built by `make bench`)")
     args = parser.parse_args()
@@ -74,21 +76,24 @@ def main() -> None:
 
         for dtype in args.dtypes.split(","):
             log(f"{dtype}: Parley engine and transformers generate ...")
-            result[dtype] = compare(dtype, ids, args.new_tokens, args.repeats)
+            result[dtype] = compare(dtype, ids, args.new_tokens, args.repeats, args.compile)
         log("llama.cpp ...")
         result["llama_cpp"] = llamacpp(args.llama_python, embedded.gguf_path(), ids, args)
 
     llama = result["llama_cpp"]
     for dtype in args.dtypes.split(","):
-        parley = result[dtype]["parley_engine"]
-        if "decode_tok_s" in llama:
-            result[dtype]["parley_over_llamacpp"] = {
-                "decode_tok_s": round(parley["decode_tok_s"] / llama["decode_tok_s"], 2),
-                "ttft_ms": round(parley["ttft_ms"] / llama["ttft_ms"], 2),
-                "same_leading_tokens": _common_prefix(parley.pop("ids"), llama["ids"]),
-            }
-        else:
-            parley.pop("ids")
+        for column in ("parley_engine", "parley_engine_compiled"):
+            parley = result[dtype].get(column)
+            if parley is None:
+                continue
+            if "decode_tok_s" in llama:
+                result[dtype][column.replace("parley_engine", "parley") + "_over_llamacpp"] = {
+                    "decode_tok_s": round(parley["decode_tok_s"] / llama["decode_tok_s"], 2),
+                    "ttft_ms": round(parley["ttft_ms"] / llama["ttft_ms"], 2),
+                    "same_leading_tokens": _common_prefix(parley.pop("ids"), llama["ids"]),
+                }
+            else:
+                parley.pop("ids")
     llama.pop("ids", None)
     json.dump(result, sys.stdout, indent=2)
     print()
@@ -96,7 +101,7 @@ def main() -> None:
         sys.exit(1)
 
 
-def _open_engine(dtype: str):
+def _open_engine(dtype: str, compile: bool = False):
     """The Engine under test on the embedded model in `dtype`, with nothing that ends a reply early.
 
     The one place to adapt when the engine's construction changes (e.g. `parley.backend.open`); the
@@ -108,10 +113,13 @@ def _open_engine(dtype: str):
     loaded = models.load("smollm2", dtype=dtype)
     # No stored prefixes: each repeat prefills the whole prompt, as the llama.cpp worker (reset per
     # run) does; bench/turns.py measures what prefix reuse saves.
-    return LocalEngine(dataclasses.replace(loaded, stop_ids=[], stop_strings=[]), prefix_cache_mb=0)
+    engine = LocalEngine(dataclasses.replace(loaded, stop_ids=[], stop_strings=[]), prefix_cache_mb=0, compile=compile)
+    if compile and not engine.compiled.wait():
+        raise SystemExit(f"the decode step did not compile: {engine.compiled.error}")
+    return engine
 
 
-def compare(dtype: str, ids: list[int], new_tokens: int, repeats: int) -> dict:
+def compare(dtype: str, ids: list[int], new_tokens: int, repeats: int, compile: bool = False) -> dict:
     import torch
 
     from parley import models
@@ -120,7 +128,7 @@ def compare(dtype: str, ids: list[int], new_tokens: int, repeats: int) -> dict:
     engine = _open_engine(dtype)
     params = SamplingParams(temperature=0, max_new_tokens=new_tokens)
 
-    def ours() -> dict:
+    def ours(engine=engine) -> dict:
         start = time.perf_counter()
         stream = engine.stream(PROMPT, params)
         out = [next(stream).id]
@@ -143,6 +151,9 @@ def compare(dtype: str, ids: list[int], new_tokens: int, repeats: int) -> dict:
 
     report = {"parley_engine": timed(ours, repeats, new_tokens), "transformers_generate": timed(theirs, repeats, new_tokens)}
     report["transformers_generate"].pop("ids")
+    if compile:
+        compiled = _open_engine(dtype, compile=True)
+        report["parley_engine_compiled"] = timed(lambda: ours(compiled), repeats, new_tokens)
     report["decode_ratio_engine_over_transformers"] = round(
         report["parley_engine"]["decode_tok_s"] / report["transformers_generate"]["decode_tok_s"], 2
     )

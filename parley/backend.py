@@ -20,16 +20,20 @@ from parley.models import Loaded
 REMOTE = "openai:"  # the prefix of a remote OpenAI-compatible model: openai:NAME
 
 
-def open(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto", base_url: str | None = None) -> Engine:
-    """The engine for `spec`: see the module docstring. `base_url` is for remote specs only."""
+def open(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto", base_url: str | None = None,
+         compile: bool = False) -> Engine:
+    """The engine for `spec`: see the module docstring. `base_url` is for remote specs only; `compile`
+    (local models) compiles batch-of-one decode steps in the background (compiled.py)."""
     if spec.startswith(REMOTE):
+        if compile:
+            raise ConfigError(f"--compile speeds up local models; {spec} decodes on its own server: leave it out")
         from parley import remote  # imports the openai client: only when asked for
 
         name = spec.removeprefix(REMOTE)
         if not name:
             raise ConfigError("--model openai:NAME needs a model name after 'openai:', e.g. openai:gpt-4o-mini")
         return remote.connect(name, base_url, spec=spec)
-    return LocalEngine(models.load(spec, device=device, dtype=dtype))
+    return LocalEngine(models.load(spec, device=device, dtype=dtype), compile=compile)
 
 
 def local(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto", purpose: str = "this") -> Loaded:

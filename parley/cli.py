@@ -49,6 +49,10 @@ def default(config: type, name: str):
 ModelOption = typer.Option("smollm2", "--model", "-m", help="smollm2 (built in), a model directory, a hub id, or openai:NAME.")
 DeviceOption = typer.Option("auto", help="auto, cpu or cuda.")
 DtypeOption = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16.")
+CompileOption = typer.Option(
+    False, "--compile", help="Compile one-at-a-time decoding in the background (~2 min on 2 cores, then ~2x faster; "
+    "local models on CPU).",
+)
 BaseUrlOption = typer.Option(
     None, "--base-url", help="The OpenAI-compatible service for --model openai:NAME (default $OPENAI_BASE_URL; "
     "key from $OPENAI_API_KEY).",
@@ -69,6 +73,7 @@ def chat(
     base_url: Optional[str] = BaseUrlOption,
     device: str = DeviceOption,
     dtype: str = DtypeOption,
+    compile: bool = CompileOption,
 ) -> None:
     """Talk to the assistant. Interactive in a terminal; one answer in plain text with -p or a pipe."""
     from parley.terminal import ChatOptions, run_chat
@@ -76,7 +81,7 @@ def chat(
     flags = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
     options = ChatOptions(
         model=model, device=device, dtype=dtype, system=system, resume=resume, base_url=base_url,
-        params={k: v for k, v in flags.items() if v is not None},
+        params={k: v for k, v in flags.items() if v is not None}, compile=compile,
     )
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
@@ -372,6 +377,7 @@ def serve(
     grace: float = typer.Option(30.0, help="On shutdown, seconds running replies may take to finish."),
     device: str = DeviceOption,
     dtype: str = DtypeOption,
+    compile: bool = CompileOption,
 ) -> None:
     """Serve an OpenAI-compatible API (/v1) and a web chat page (/) over one model, batching requests."""
     from parley.serve.app import ServeOptions, api_keys_from_env, run
@@ -379,7 +385,7 @@ def serve(
     run(ServeOptions(
         model=model, base_url=base_url, host=host, port=port, served_name=served_name,
         api_keys=list(api_key) or api_keys_from_env(), max_batch=max_batch, max_queue=max_queue,
-        max_tokens=max_tokens, grace_s=grace, device=device, dtype=dtype,
+        max_tokens=max_tokens, grace_s=grace, device=device, dtype=dtype, compile=compile,
     ))
 
 

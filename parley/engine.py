@@ -47,6 +47,7 @@ from transformers import (
 from parley.batching import BatchDriver, Driver
 from parley.conversation import Fitted, fit_messages, reply_room
 from parley.errors import ConfigError, ContextError
+from parley.compiled import CompiledStep
 from parley.kvcache import PrefixStore, RowCache
 from parley.models import Loaded
 from parley.seq2seq import Seq2SeqBatch
@@ -227,7 +228,7 @@ class Batch:
         self.engine = engine
         self.seqs: list[Sequence] = []
         self.lengths: list[int] = []  # tokens in the cache, per row (the next token's position)
-        self.cache = RowCache(engine.loaded.context_window)
+        self.cache = RowCache(engine.loaded.context_window, engine.first_capacity)
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -276,7 +277,7 @@ class Batch:
         self.seqs.pop()
         self.lengths.pop()
         if not self.seqs:  # give the memory back: the next sequences size the cache anew
-            self.cache = RowCache(self.engine.loaded.context_window)
+            self.cache = RowCache(self.engine.loaded.context_window, self.engine.first_capacity)
 
     def _prefill(self, first: int, pending: list[list[int]], done: list[int]) -> list[torch.Tensor]:
         """Feed each new row its `pending` ids (after `done` reused ones), PREFILL_CHUNK at a time;
@@ -310,6 +311,8 @@ class Batch:
     def _forward(self, first: int, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Run the model on rows first.. of the cache; (B, q) ids at (B, q) positions -> (B, 1, V) last logits."""
         engine = self.engine
+        if engine.compiled is not None and engine.compiled.covers(self.cache, ids):
+            return engine.compiled(ids, positions, self.cache, engine.sliding_window)
         self.cache.plan(first, positions)
         mask = self.cache.mask(engine.dtype, engine.sliding_window)
         extra = {"logits_to_keep": 1} if engine.keeps_logits else {}
@@ -344,7 +347,7 @@ class Engine(Protocol):
 class LocalEngine:
     """Generation over one loaded model. Not thread-safe: one caller (or one driver) drives it."""
 
-    def __init__(self, loaded: Loaded, prefix_cache_mb: int = PREFIX_CACHE_MB):
+    def __init__(self, loaded: Loaded, prefix_cache_mb: int = PREFIX_CACHE_MB, compile: bool = False):
         self.loaded = loaded
         model = loaded.model
         self.dtype = next(model.parameters()).dtype
@@ -352,6 +355,10 @@ class LocalEngine:
         self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
         self.sliding_window = _sliding_window(base.config)
         self.prefixes = PrefixStore(prefix_cache_mb * 2**20)
+        self.compiled: CompiledStep | None = None  # batch-of-one decode steps compiled by inductor (compiled.py)
+        if compile and loaded.device.type == "cpu" and not getattr(base.config, "is_encoder_decoder", False):
+            self.compiled = CompiledStep(model, self.dtype, loaded.context_window, self.keeps_logits)
+        self.first_capacity = self.compiled.capacity if self.compiled else None  # RowCache columns at first
 
     @property
     def spec(self) -> str:

@@ -55,16 +55,18 @@ class _RowLayer(CacheLayerMixin):
 class RowCache(Cache):
     """Preallocated keys and values for a batch whose rows have different lengths; see the module docstring."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, first_capacity: int | None = None):
         super().__init__(layer_class_to_replicate=_RowLayer)
         self.limit = limit  # the model's context window: capacity never grows past it
+        self.first_capacity = first_capacity or FIRST_CAPACITY  # columns allocated on first use
         self.rows = 0  # rows in use (the batch size)
         self._first, self._positions = 0, None  # the current forward's plan
 
-    def plan(self, first_row: int, positions: torch.Tensor) -> None:
-        """The next forward feeds rows first_row.. with query (b, i) at `positions[b, i]`, a (B, q) tensor."""
+    def plan(self, first_row: int, positions: torch.Tensor, width: int | None = None) -> None:
+        """The next forward feeds rows first_row.. with query (b, i) at `positions[b, i]`, a (B, q) tensor,
+        and attends over `width` columns (default: just enough for the furthest position)."""
         self._first, self._positions = first_row, positions
-        self._width = min(int(positions.max()) + 1, self.limit)
+        self._width = width or min(int(positions.max()) + 1, self.limit)
 
     def mask(self, dtype, window: int | None = None) -> torch.Tensor:
         """The additive (B, 1, q, width) mask of the planned forward: each query sees its own row's past."""
@@ -81,7 +83,7 @@ class RowCache(Cache):
             self.layers.append(_RowLayer())
         layer = self.layers[layer_idx]
         first, count = self._first, key_states.shape[0]
-        _reserve(layer, key_states[0, :, 0], value_states[0, :, 0], first + count, self._width, self.limit)
+        _reserve(layer, key_states[0, :, 0], value_states[0, :, 0], first + count, self._width, self)
         rows = torch.arange(first, first + count, device=key_states.device)[:, None]  # (B, 1)
         # Advanced indices on dims 0 and 2 put (B, q) first: the values go in as (B, q, heads, dim).
         layer.keys[rows, :, self._positions] = key_states.transpose(1, 2)
@@ -103,7 +105,7 @@ class RowCache(Cache):
         while len(self.layers) < len(saved):
             self.layers.append(_RowLayer())
         for layer, (keys, values) in zip(self.layers, saved):
-            _reserve(layer, keys[:, 0], values[:, 0], row + 1, length, self.limit)
+            _reserve(layer, keys[:, 0], values[:, 0], row + 1, length, self)
             layer.keys[row, :, :length] = keys[:, :length]
             layer.values[row, :, :length] = values[:, :length]
 
@@ -115,17 +117,17 @@ class RowCache(Cache):
         return False
 
 
-def _reserve(layer: _RowLayer, key: torch.Tensor, value: torch.Tensor, rows: int, width: int, limit: int) -> None:
+def _reserve(layer: _RowLayer, key: torch.Tensor, value: torch.Tensor, rows: int, width: int, cache: RowCache) -> None:
     """Grow `layer` to at least `rows` x `width` (doubling); `key`/`value` are (heads, dim) samples of the kind."""
     have = layer.keys
     if have is not None and have.shape[0] >= rows and have.shape[2] >= width:
         return
     old_rows, old_width = (0, 0) if have is None else (have.shape[0], have.shape[2])
     new_rows = old_rows if rows <= old_rows else max(rows, 2 * old_rows)
-    new_width = old_width or FIRST_CAPACITY
+    new_width = old_width or cache.first_capacity
     while new_width < width:
         new_width *= 2
-    new_width = max(min(new_width, limit), old_width)
+    new_width = max(min(new_width, cache.limit), old_width)
     for name, like in (("keys", key), ("values", value)):
         grown = like.new_zeros((new_rows, like.shape[0], new_width, like.shape[1]))
         if have is not None:

@@ -57,6 +57,7 @@ class ChatOptions:
     resume: str | None = None
     params: dict = field(default_factory=dict)  # SamplingParams overrides from flags
     base_url: str | None = None  # the service for `openai:NAME` models (--base-url)
+    compile: bool = False  # compile decode steps in the background (interactive chat only; compiled.py)
 
 
 def open_session(engine: Engine, store: Store, options: ChatOptions) -> Session:
@@ -74,7 +75,8 @@ def run_chat(options: ChatOptions, once: str | None = None) -> None:
     SamplingParams().updated(**options.params)
     console = Console(stderr=True)
     with console.status(f"loading {options.model}…", spinner="dots"):
-        engine = backend.open(options.model, device=options.device, dtype=options.dtype, base_url=options.base_url)
+        engine = backend.open(options.model, device=options.device, dtype=options.dtype, base_url=options.base_url,
+                              compile=options.compile and once is None)
     session = open_session(engine, Store(), options)
     if once is not None:
         return _answer_once(session, once)

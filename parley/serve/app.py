@@ -54,6 +54,7 @@ class ServeOptions:
     base_url: str | None = None  # the remote service for openai:NAME specs
     device: str = "auto"  # auto, cpu or cuda
     dtype: str = "auto"  # auto, float32, bfloat16 or float16
+    compile: bool = False  # compile batch-of-one decode steps in the background (compiled.py)
     host: str = "127.0.0.1"  # 0.0.0.0 exposes the server to the network: an explicit choice
     port: int = 8000
     served_name: str | None = None  # the model id clients send and /v1/models lists; default: the spec
@@ -91,7 +92,7 @@ def create_app(options: ServeOptions, engine: Engine | None = None) -> FastAPI:
         from parley.store import Store
 
         app.state.engine = engine or await run_in_threadpool(
-            backend.open, options.model, options.device, options.dtype, options.base_url)
+            backend.open, options.model, options.device, options.dtype, options.base_url, options.compile)
         app.state.driver = app.state.engine.driver(options.max_batch, options.max_queue)
         app.state.store = await run_in_threadpool(Store, options.db)
         app.state.served_name = options.served_name or app.state.engine.spec
@@ -202,7 +203,8 @@ def run(options: ServeOptions) -> None:
     from parley import backend
 
     # Opened here, not in the lifespan, so a bad --model is one line from the CLI, not a traceback.
-    app = create_app(options, backend.open(options.model, options.device, options.dtype, options.base_url))
+    engine = backend.open(options.model, options.device, options.dtype, options.base_url, options.compile)
+    app = create_app(options, engine)
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame):
