@@ -154,6 +154,8 @@ def compare(dtype: str, ids: list[int], new_tokens: int, repeats: int, compile: 
     if compile:
         compiled = _open_engine(dtype, compile=True)
         report["parley_engine_compiled"] = timed(lambda: ours(compiled), repeats, new_tokens)
+        report["parley_engine_compiled"]["same_tokens_as_eager"] = (
+            report["parley_engine_compiled"]["ids"] == report["parley_engine"]["ids"])
     report["decode_ratio_engine_over_transformers"] = round(
         report["parley_engine"]["decode_tok_s"] / report["transformers_generate"]["decode_tok_s"], 2
     )
