@@ -54,11 +54,12 @@ class CompiledStep:
         self._ready.wait(timeout)
         return self.ready
 
-    def covers(self, cache: RowCache, ids: torch.Tensor) -> bool:
+    def covers(self, cache: RowCache, ids: torch.Tensor, positions: torch.Tensor) -> bool:
         """Whether this forward can run compiled (see the module docstring)."""
         layer = cache.layers[0] if cache.layers else None
         return (self.ready and ids.shape == (1, 1) and layer is not None and layer.keys is not None
-                and layer.keys.shape[0] == 1 and layer.keys.shape[2] == self.capacity)
+                and layer.keys.shape[0] == 1 and layer.keys.shape[2] == self.capacity
+                and int(positions) < self.capacity)  # the row's next column exists: past it, eager grows the cache
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, cache: RowCache, window: int | None) -> torch.Tensor:
         """(1, 1) ids at (1, 1) positions -> (1, 1, V) logits, through the compiled graph when it fits."""

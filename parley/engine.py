@@ -311,7 +311,7 @@ class Batch:
     def _forward(self, first: int, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Run the model on rows first.. of the cache; (B, q) ids at (B, q) positions -> (B, 1, V) last logits."""
         engine = self.engine
-        if engine.compiled is not None and engine.compiled.covers(self.cache, ids):
+        if engine.compiled is not None and engine.compiled.covers(self.cache, ids, positions):
             return engine.compiled(ids, positions, self.cache, engine.sliding_window)
         self.cache.plan(first, positions)
         mask = self.cache.mask(engine.dtype, engine.sliding_window)
