@@ -33,7 +33,23 @@ def open(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto", b
         if not name:
             raise ConfigError("--model openai:NAME needs a model name after 'openai:', e.g. openai:gpt-4o-mini")
         return remote.connect(name, base_url, spec=spec)
-    return LocalEngine(models.load(spec, device=device, dtype=dtype), compile=compile)
+    loaded = models.load(spec, device=device, dtype=_generation_dtype(dtype, device, compile))
+    return LocalEngine(loaded, compile=compile)
+
+
+def _generation_dtype(dtype: str, device: str, compile: bool) -> str:
+    """What `auto` means for generation. On a CPU with native bf16 (AVX512-BF16 or AMX): bf16, which
+    decodes the embedded model ~1.5x faster and held its quality (HumanEval pass@1 11 vs 10 of 164,
+    perplexity +0.1%: README, Speed). With `compile`: fp32, whose C++ GEMM is the fast one. Elsewhere,
+    and for training and perplexity (which load through models.load): models.load's choice."""
+    import torch
+
+    if dtype != "auto" or device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return dtype
+    if compile:
+        return "float32"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bfloat16" if native else "float32"
 
 
 def local(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto", purpose: str = "this") -> Loaded:

@@ -48,7 +48,8 @@ def default(config: type, name: str):
 
 ModelOption = typer.Option("smollm2", "--model", "-m", help="smollm2 (built in), a model directory, a hub id, or openai:NAME.")
 DeviceOption = typer.Option("auto", help="auto, cpu or cuda.")
-DtypeOption = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16.")
+DtypeOption = typer.Option("auto", help="auto, float32, bfloat16 or float16. auto: bf16 on GPU; on CPU fp32, but "
+                           "generation (chat, serve, eval) uses bf16 where the CPU has it natively, unless --compile.")
 CompileOption = typer.Option(
     False, "--compile", help="Compile one-at-a-time decoding in the background (~2 min on 2 cores, then ~2x faster; "
     "local models on CPU).",
