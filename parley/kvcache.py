@@ -152,7 +152,7 @@ class PrefixStore:
     def add(self, ids: list[int], saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Keep `saved` (a RowCache.snapshot) for the token ids it holds; drop stored prefixes of it."""
         key = tuple(ids)
-        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in saved)
+        size = _size(saved)
         if not key or size > self.budget:
             return
         for other in [o for o in self._entries if len(o) <= len(key) and key[: len(o)] == o]:
@@ -182,8 +182,11 @@ class PrefixStore:
         self._bytes = 0
 
     def _drop(self, key: tuple[int, ...]) -> None:
-        saved = self._entries.pop(key)
-        self._bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in saved)
+        self._bytes -= _size(self._entries.pop(key))
+
+
+def _size(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in saved)
 
 
 def _common(a: tuple[int, ...], b: list[int], limit: int) -> int:
