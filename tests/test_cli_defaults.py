@@ -69,5 +69,5 @@ def test_eval_code_style_is_the_documented_one():
     # The README's HumanEval numbers say which style is the default; the library and the CLI agree with it.
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     style = next(p for p in command("eval code").params if p.name == "style")
-    assert f"(`--style {style.default}`, the default)" in readme
+    assert f"`--style {style.default}`, the default" in readme
     assert GenerationConfig().style == style.default == "chat"
