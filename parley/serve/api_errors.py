@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from parley.errors import ContextError, ModelLoadError, ParleyError
 from parley.batching import Busy, ShuttingDown
@@ -71,6 +72,15 @@ def field_name(loc: tuple) -> str:
     return name
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path. Starlette's 405 names only the methods of the first
+    route that matched the path, so GET /v1/conversations/{cid} hid PATCH and DELETE from `Allow`."""
+    allowed = [method for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+               if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+                      for route in request.app.routes)]
+    return ", ".join(allowed)
+
+
 def install(app: FastAPI) -> None:
     """Route every error the app can raise through `translate`."""
 
@@ -96,7 +106,10 @@ def install(app: FastAPI) -> None:
         where = f"{request.method} {request.url.path}"
         message = {404: f"no such route: {where} (the API is described at /docs)",
                    405: f"method not allowed: {where}"}.get(error.status_code, str(error.detail))
-        return ApiError(error.status_code, message, headers=getattr(error, "headers", None)).response()
+        headers = getattr(error, "headers", None)
+        if error.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        return ApiError(error.status_code, message, headers=headers).response()
 
     @app.exception_handler(ParleyError)
     async def _parley(request: Request, error: ParleyError):

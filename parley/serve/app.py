@@ -35,7 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from parley.errors import ConfigError
-from parley.serve import api_errors, conversations_api, openai_api
+from parley.serve import api_errors, conversations_api, openai_api, openapi
 from parley.serve.api_errors import ApiError
 from parley.serve.metrics import Metrics, MetricsMiddleware
 
@@ -113,6 +113,7 @@ def create_app(options: ServeOptions, engine: Engine | None = None) -> FastAPI:
     api_errors.install(app)
     app.include_router(openai_api.router)
     app.include_router(conversations_api.router)
+    openapi.document(app)  # the real status codes, bodies and event streams
     app.mount("/static", StaticFiles(directory=WEB), name="static")
 
     @app.get("/", include_in_schema=False)

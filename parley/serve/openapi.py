@@ -1,0 +1,266 @@
+"""What /openapi.json promises: every status code a route really sends, with the error body's schema,
+the 2xx bodies, and `text/event-stream` for replies sent as server-sent events.
+
+FastAPI only knows what the route functions declare, which here is their request bodies: left alone
+it documents a 422 the server never sends (validation errors are 400s, api_errors.py), no 2xx body
+and no event stream, so a client generator or a fuzzer checking answers against the schema checks
+nothing. `document(app)` fills in each operation's responses once, from `ROUTES` below, when the
+schema is first built; the route modules stay plain. The statuses that middleware adds (401 for a
+missing key, 413 for a large body) follow the middleware's own rules. `make fuzz` (schemathesis,
+tests/serve/test_fuzz.py) checks every answer against this schema.
+
+An operation missing from `ROUTES` fails the schema build, so a new route cannot go undocumented.
+The response models are documentation only: the routes build their bodies as dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+from pydantic.json_schema import models_json_schema
+
+Finish = Literal["stop", "length"] | None  # None: cut short (a disconnect) or not finished yet
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="One line: what is wrong and how to fix it.")
+    type: str = Field(description="invalid_request_error, rate_limit_error or server_error.")
+    param: str | None = Field(description="The request field at fault, as the client wrote it.")
+    code: str | None = Field(description="A stable name for the error, e.g. queue_full.")
+
+
+class Error(BaseModel):
+    """Every error answer, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    max_model_len: int = Field(description="The model's context window in tokens.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None
+    finish_reason: Finish
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None
+    finish_reason: Finish
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class Conversation(BaseModel):
+    id: str
+    title: str
+    model: str
+    system: str | None
+    params: dict
+    created_at: float
+    updated_at: float
+    message_count: int
+
+
+class StoredMessage(BaseModel):
+    role: str
+    content: str
+
+
+class ConversationWithMessages(Conversation):
+    messages: list[StoredMessage]
+
+
+class ConversationList(BaseModel):
+    object: Literal["list"]
+    data: list[Conversation]
+
+
+class Deleted(BaseModel):
+    id: str
+    object: Literal["conversation.deleted"]
+    deleted: bool
+
+
+class Reply(BaseModel):
+    message: AssistantMessage
+    finish_reason: Finish
+    notice: str | None = Field(description="Which earlier turns were left out to fit the context window.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str | None
+    waiting: int
+    active: int
+
+
+# The errors each route can answer with, beyond the middleware's 401 and 413.
+ERRORS = {
+    400: "The request is malformed or asks for something unsupported; `param` names the field.",
+    404: "No such model or conversation.",
+    429: "The queue is full: retry after Retry-After seconds.",
+    502: "The remote model service failed (a server proxying openai:NAME).",
+    503: "The server is shutting down.",
+}
+GENERATE = (400, 404, 429, 502, 503)  # what queueing a generation can answer
+
+OPENAI_STREAM = ("`stream: true`: `data: {chunk}` events in OpenAI's chunk shape, then `data: [DONE]`; "
+                 "an error after the stream started is sent as `data: {\"error\": {...}}`.")
+REPLY_STREAM = ("`stream: true` (the default): `data:` events {\"type\": \"start\", \"notice\"}, "
+                "{\"type\": \"delta\", \"text\"}..., then {\"type\": \"done\", \"finish_reason\", \"tokens\"} "
+                "or {\"type\": \"error\", \"message\"}.")
+
+
+@dataclass(frozen=True)
+class Answers:
+    """What one operation answers: its success body, an event stream if it has one, its errors."""
+
+    body: type[BaseModel] | None  # None: text (the metrics)
+    errors: tuple[int, ...] = ()
+    status: int = 200
+    stream: str | None = None  # the event stream's description, for streamed replies
+
+
+ROUTES: dict[tuple[str, str], Answers] = {
+    ("get", "/v1/models"): Answers(ModelList),
+    ("post", "/v1/chat/completions"): Answers(ChatCompletion, GENERATE, stream=OPENAI_STREAM),
+    ("post", "/v1/completions"): Answers(Completion, GENERATE, stream=OPENAI_STREAM),
+    ("get", "/v1/conversations"): Answers(ConversationList, (400,)),
+    ("post", "/v1/conversations"): Answers(Conversation, (400,), status=201),
+    ("get", "/v1/conversations/{cid}"): Answers(ConversationWithMessages, (404,)),
+    ("patch", "/v1/conversations/{cid}"): Answers(Conversation, (400, 404)),
+    ("delete", "/v1/conversations/{cid}"): Answers(Deleted, (404,)),
+    ("post", "/v1/conversations/{cid}/messages"): Answers(Reply, GENERATE, stream=REPLY_STREAM),
+    ("post", "/v1/conversations/{cid}/regenerate"): Answers(Reply, GENERATE, stream=REPLY_STREAM),
+    ("get", "/health"): Answers(Health),
+    ("get", "/metrics"): Answers(None),
+}
+MODELS = sorted({a.body for a in ROUTES.values() if a.body} | {Error}, key=lambda m: m.__name__)
+
+
+def document(app: FastAPI) -> None:
+    """Make `app.openapi()` describe the real answers (see the module docstring)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            _fill(build())  # FastAPI's build caches the dict it returns; filled in place, once
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def _ref(model: type[BaseModel]) -> dict:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _fill(schema: dict) -> None:
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):  # only FastAPI's 422 used them
+        components.pop(unused, None)
+    _, defs = models_json_schema([(m, "serialization") for m in MODELS],
+                                 ref_template="#/components/schemas/{model}")
+    for name, definition in defs["$defs"].items():
+        if name in components:  # a request model of the same name would be silently replaced
+            raise RuntimeError(f"openapi: response model {name} clashes with a request model")
+        components[name] = definition
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            answers = ROUTES.get((method, path))
+            if answers is None:
+                raise RuntimeError(f"openapi: {method.upper()} {path} is missing from parley.serve.openapi.ROUTES")
+            operation["responses"] = _responses(method, path, answers)
+
+
+def _responses(method: str, path: str, answers: Answers) -> dict:
+    if answers.body is None:
+        content = {"text/plain": {"schema": {"type": "string"}}}
+    else:
+        content = {"application/json": {"schema": _ref(answers.body)}}
+    if answers.stream:
+        # Before OpenAPI 3.2's itemSchema, an event stream's schema describes each event.
+        content["text/event-stream"] = {"schema": {
+            "type": "object", "required": ["data"], "description": answers.stream,
+            "properties": {"data": {"type": "string", "contentMediaType": "application/json"}}}}
+    responses = {str(answers.status): {"description": "Success.", "content": content}}
+    errors = {status: ERRORS[status] for status in answers.errors}
+    # The middleware's answers (app.py): keys guard /v1 and /metrics; bodies are limited on writes.
+    if path.startswith("/v1/") or path == "/metrics":
+        errors[401] = "A missing or wrong API key, when the server has keys."
+    if method in ("post", "put", "patch"):
+        errors[413] = "The request body is over the server's size limit (2 MiB by default)."
+    for status in sorted(errors):
+        responses[str(status)] = {"description": errors[status],
+                                  "content": {"application/json": {"schema": _ref(Error)}}}
+    if "429" in responses:
+        responses["429"]["headers"] = {"Retry-After": {
+            "description": "Seconds to wait before retrying.", "required": True, "schema": {"type": "integer"}}}
+    if "401" in responses:
+        responses["401"]["headers"] = {"WWW-Authenticate": {
+            "description": "Always `Bearer`.", "required": True, "schema": {"type": "string"}}}
+    return responses
