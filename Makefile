@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.parley-installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 
-.PHONY: system-deps test-deps bench-deps install chat test test-fast bench clean-venv
+.PHONY: system-deps test-deps bench-deps fuzz-deps install chat test test-fast bench fuzz clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,11 +32,11 @@ test-deps:
 chat: install
 	$(BIN)/parley chat
 
-test: install test-deps
+test: install test-deps fuzz-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15
 
 # Everything except the tests that load the real embedded model.
-test-fast: install test-deps
+test-fast: install test-deps fuzz-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 # The speed reference: llama.cpp (llama-cpp-python, built from source) in a venv of its own, never a
@@ -61,5 +61,23 @@ bench: install bench-deps $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/generate.py --llama-python $(BENCH_VENV)/bin/python
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/turns.py --llama-python $(BENCH_VENV)/bin/python
 
+# The API fuzzer: schemathesis in a venv of its own (measuring only, never a dependency of Parley; pure
+# Python, no torch). tests/serve/test_fuzz.py runs it against a live `parley serve` over a tiny model:
+# `make test` a short pass with a fixed seed, `make fuzz` FUZZ_EXAMPLES per operation with a fresh seed.
+FUZZ_VENV     := .venv-fuzz
+FUZZ_STAMP    := $(FUZZ_VENV)/.schemathesis-installed
+SCHEMATHESIS  := schemathesis==4.32.5
+FUZZ_EXAMPLES ?= 200
+
+$(FUZZ_STAMP): Makefile
+	@test -x $(FUZZ_VENV)/bin/python || $(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/python -m pip install -q --disable-pip-version-check '$(SCHEMATHESIS)'
+	@touch $@
+
+fuzz-deps: $(FUZZ_STAMP)
+
+fuzz: install fuzz-deps
+	HF_HUB_OFFLINE=1 FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED= $(BIN)/python -m pytest -q tests/serve/test_fuzz.py
+
 clean-venv:
-	rm -rf $(VENV) $(BENCH_VENV)
+	rm -rf $(VENV) $(BENCH_VENV) $(FUZZ_VENV)

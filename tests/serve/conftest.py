@@ -37,6 +37,15 @@ def server(tiny_loaded, tmp_db):
     stop()
 
 
+@pytest.fixture(scope="session")
+def model_dir(tiny_loaded, tmp_path_factory):
+    """The tiny model saved as a model directory, for `parley serve --model DIR` subprocesses."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_loaded.model.save_pretrained(path)
+    tiny_loaded.tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def client(server):
     """The official OpenAI client, pointed at the shared server, without retries."""

@@ -1,16 +1,26 @@
-"""A real server for tests: the app under uvicorn on 127.0.0.1, on a free port, in a thread.
+"""A real server for tests: the app under uvicorn on 127.0.0.1, on a free port, in a thread; or
+`parley serve` itself, as a user starts it, in a subprocess.
 
 `start_server(app)` binds a socket on port 0 (so tests never collide on ports), runs uvicorn on it in
 a background thread, waits until it accepts requests, and returns (base_url, stop).
+`start_cli(*args)` starts `parley serve --port FREE *args` and returns (process, base_url) once
+/health answers; the caller kills it.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
+
+import httpx
 
 CONTEXT = 1024  # the tiny test model's context window
+PARLEY = str(Path(sys.executable).with_name("parley"))
 
 
 def start_server(app):
@@ -34,3 +44,27 @@ def start_server(app):
         sock.close()
 
     return f"http://127.0.0.1:{port}", stop
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cli(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`parley serve` in a subprocess; `env` adds to this process's environment (e.g. PARLEY_HOME)."""
+    port = free_port()
+    process = subprocess.Popen([PARLEY, "serve", "--port", str(port), *args], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "parley serve did not start"
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.2)

@@ -4,50 +4,17 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from parley.store import Store
+from serve.live_server import PARLEY
+from serve.live_server import start_cli as start
 
-PARLEY = str(Path(sys.executable).with_name("parley"))
 HELLO = [{"role": "user", "content": "Say hello."}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(*args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([PARLEY, "serve", "--port", str(port), *args], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert process.poll() is None, process.stdout.read()
-        assert time.monotonic() < deadline, "parley serve did not start"
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_loaded, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_loaded.model.save_pretrained(path)
-    tiny_loaded.tokenizer.save_pretrained(path)
-    return path
 
 
 def test_sigterm_ends_running_streams_cleanly(model_dir):
