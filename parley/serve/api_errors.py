@@ -3,6 +3,7 @@
     {"error": {"message": "...", "type": "invalid_request_error", "param": "temperature", "code": null}}
 
 Library errors (ParleyError) and the batching driver's Busy/ShuttingDown are translated here, once;
+anything else is a bug, answered as a 500 in the same shape (the traceback goes to the server log);
 FastAPI's 422 validation errors become 400s whose message names the field as the client wrote it
 (`messages[0].role: Input should be 'system', 'user', 'assistant' or 'developer'`).
 """
@@ -56,6 +57,10 @@ def translate(error: BaseException) -> ApiError:
     if isinstance(error, ParleyError):
         return ApiError(400, str(error))
     log.error("internal error", exc_info=error)
+    return _internal()
+
+
+def _internal() -> ApiError:
     return ApiError(500, "internal server error: the server log has the details", "server_error")
 
 
@@ -114,6 +119,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ParleyError)
     async def _parley(request: Request, error: ParleyError):
         return translate(error).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception):
+        # A bug: still an error body in the documented shape, not Starlette's plain-text page.
+        # Not logged here: Starlette re-raises it to uvicorn, which logs the traceback.
+        return _internal().response()
 
     for kind in (Busy, ShuttingDown):
         app.add_exception_handler(kind, lambda request, error: translate(error).response())
