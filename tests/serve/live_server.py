@@ -52,16 +52,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cli(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """`parley serve` in a subprocess; `env` adds to this process's environment (e.g. PARLEY_HOME)."""
+def start_cli(*args: str, env: dict | None = None, log=subprocess.PIPE) -> tuple[subprocess.Popen, str]:
+    """`parley serve` in a subprocess; `env` adds to this process's environment (e.g. PARLEY_HOME).
+    Its log goes to `process.stdout` (a pipe: read it, or the server blocks once it has logged ~64 KiB)
+    or to `log`, an open file, for tests that send many requests."""
     port = free_port()
     process = subprocess.Popen([PARLEY, "serve", "--port", str(port), *args], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               stdout=log, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
-        assert process.poll() is None, process.stdout.read()
+        assert process.poll() is None, process.stdout.read() if process.stdout else "parley serve exited"
         assert time.monotonic() < deadline, "parley serve did not start"
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
