@@ -6,9 +6,13 @@ correctly, because evaluation must go on after any verdict. Needs bubblewrap (`m
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 import shutil
 import socket
+import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -18,6 +22,8 @@ import pytest
 
 from parley.eval import sandbox
 from parley.eval.sandbox import SandboxUnavailable, run_python
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 ADD = "def add(a, b):\n    return a + b\n"
@@ -271,3 +277,128 @@ def test_missing_bubblewrap_refuses_with_the_fix(tmp_path: Path, monkeypatch: py
         assert run_python("print(1)", timeout=5, isolation="rlimits").stdout == "1\n"
     finally:
         sandbox.ensure_available.cache_clear()
+
+
+# --- What the sandbox contains, line by line (see the docstring of parley/eval/sandbox.py) ---
+
+def run_as_another_user(script: str) -> str:
+    """Run `script` with this worktree's parley as a plain user (a fresh uid when we are root)."""
+    argv = [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{script}"]
+    if os.geteuid() == 0:
+        uid = 700_000 + secrets.randbelow(100_000)
+        argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd="/")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_limits_hold_for_a_user_who_already_runs_many_threads():
+    # Like a user with a browser, torch or the worker pool open: 300 threads before the run.
+    script = textwrap.dedent("""
+        import threading
+        from parley.eval.sandbox import run_python
+        stop = threading.Event()
+        for _ in range(300):
+            threading.Thread(target=stop.wait, daemon=True).start()
+        add, tests = "def add(a, b):\\n    return a + b\\n", "assert add(2, 3) == 5\\n"
+        print(run_python(add, check=tests, timeout=5).status)
+        print(run_python(add, check=tests, timeout=5, isolation="rlimits").status)
+    """)
+    assert run_as_another_user(script).split() == ["passed", "passed"]
+
+
+def test_fork_bomb_is_stopped_by_the_sandboxes_own_count():
+    code = textwrap.dedent("""
+        import os, time
+        forked = 0
+        try:
+            while True:
+                if os.fork() == 0:
+                    time.sleep(30)
+                    os._exit(0)
+                forked += 1
+        except OSError as exc:
+            print(forked, exc.errno)
+    """)
+    result = run_python(code, timeout=5, processes=6)
+    forked, err = map(int, result.stdout.split())
+    # bwrap's init, the harness, then the children: NPROC stops them at 6 tasks.
+    assert (forked, err) == (4, errno.EAGAIN)
+
+
+def test_scratch_space_is_capped_in_every_writable_place():
+    code = textwrap.dedent("""
+        import errno, os
+        for place in ("/sandbox", "/tmp", "/dev/shm"):
+            written = 0
+            try:
+                for i in range(100):
+                    with open(f"{place}/f{i}", "wb") as f:
+                        f.write(b"x" * 2**20)
+                    written += 1
+            except OSError as exc:
+                print(place, written, errno.errorcode[exc.errno])
+        for path in ("/dev/planted", "/planted", "/usr/planted"):
+            try:
+                open(path, "w")
+                print(path, "written")
+            except OSError as exc:
+                print(path, errno.errorcode[exc.errno])
+    """)
+    result = run_python(code, timeout=10, scratch_mb=4, file_mb=2)
+    assert result.stdout.splitlines() == [
+        "/sandbox 4 ENOSPC", "/tmp 4 ENOSPC", "/dev/shm 4 ENOSPC",  # 4 MB each, then full
+        "/dev/planted EROFS", "/planted EROFS", "/usr/planted EROFS",
+    ]
+
+
+def test_memory_limit_bounds_all_processes_together():
+    code = textwrap.dedent("""
+        import os, time
+        r, w = os.pipe()
+        for _ in range(4):
+            if os.fork() == 0:
+                held = []
+                try:
+                    while True:
+                        held.append(bytearray(2**20))
+                except MemoryError:
+                    pass
+                os.write(w, b"%d\\n" % len(held))
+                time.sleep(30)  # keep holding it while the others allocate
+        counts = b""
+        while counts.count(b"\\n") < 4:
+            counts += os.read(r, 100)
+        print(sum(map(int, counts.split())))
+    """)
+    result = run_python(code, timeout=10, memory_mb=256, processes=8)
+    held_mb = int(result.stdout)
+    assert 0 < held_mb <= 256
+
+
+def test_the_host_is_invisible_and_the_sandbox_cannot_be_traced():
+    # ptrace and process_vm_readv from a child Python (no audit hook there, so ctypes works):
+    # on the sandbox's init, on the harness, and the harness's memory.
+    child = textwrap.dedent("""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        for pid in (1, os.getppid()):
+            print(libc.ptrace(16, pid, 0, 0), ctypes.get_errno())  # PTRACE_ATTACH
+        buf = ctypes.create_string_buffer(8)
+        iov = (ctypes.c_void_p * 2)(ctypes.addressof(buf), 8)
+        print(libc.process_vm_readv(os.getppid(), iov, 1, iov, 1, 0), ctypes.get_errno())
+    """)
+    code = textwrap.dedent(f"""
+        import os, subprocess, sys
+        for path in ("/proc/1/environ", "/proc/1/cmdline", "/proc/self/mem", "/sys/class/net", "/etc/passwd"):
+            print(path, os.path.exists(path))
+        print(sorted(os.environ))
+        print(subprocess.run([sys.executable, "-c", {child!r}], capture_output=True, text=True).stdout, end="")
+    """)
+    result = run_python(code, timeout=10)
+    eperm = f"-1 {errno.EPERM}"
+    assert result.stdout.splitlines() == [
+        "/proc/1/environ False", "/proc/1/cmdline False", "/proc/self/mem False",
+        "/sys/class/net False", "/etc/passwd False",
+        "['HOME', 'LANG', 'PATH', 'PWD']", eperm, eperm, eperm,
+    ]
