@@ -63,7 +63,8 @@ sample's program; those are weak tests, not forged verdicts); crafted bytecode l
 `marshal`, or another memory-safety bug of CPython, could reach the nonce (not refused); CPU share is
 not limited (no cgroups); scratch files use RAM (3 × scratch_mb per run at most); on kernels
 before 5.14 NPROC counts all of the user's tasks again; the kernel is shared, so a kernel
-exploit escapes; seccomp is applied on x86_64 and aarch64 only. With `isolation="rlimits"` (an
+exploit escapes; seccomp is applied on x86_64 and aarch64 only, and nested user namespaces are
+refused with bubblewrap 0.8+ only. With `isolation="rlimits"` (an
 explicit opt-in for machines without bubblewrap) there is no file-system, /proc or network
 isolation at all: only the limits (NPROC outside, counted above the user's current tasks when
 not root), the unprivileged uid, the temporary working directory, the harness's audit hook and
@@ -187,6 +188,11 @@ def ensure_available(isolation: Isolation = "bwrap") -> None:
         )
     if missing:
         raise SandboxUnavailable(f"{', '.join(missing)} not found: install util-linux")
+    if isolation == "bwrap" and _bwrap_version() < (0, 5):
+        raise SandboxUnavailable(
+            f"bubblewrap {'.'.join(map(str, _bwrap_version()))} is too old: the sandbox needs 0.5 or "
+            "newer for size-capped scratch space (--size); upgrade it, or opt in to --sandbox rlimits"
+        )
     uid = _sandbox_uid()
     with (
         tempfile.TemporaryDirectory(prefix="parley-sandbox-probe-") as tmp,
@@ -252,9 +258,11 @@ def _command(
         jail += ["--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
         jail += ["--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", INSIDE_DIR]
         jail += ["--chdir", INSIDE_DIR, "--remount-ro", "/"]
-        # No nested user namespaces: they would hand the sample capabilities (inside them) and
-        # with those much more of the kernel to probe.
-        jail += ["--unshare-all", "--unshare-user", "--disable-userns"]
+        jail += ["--unshare-all", "--unshare-user"]
+        if _bwrap_version() >= (0, 8):
+            # No nested user namespaces: they would hand the sample capabilities (inside them)
+            # and with those much more of the kernel to probe.
+            jail += ["--disable-userns"]
         jail += ["--die-with-parent", "--new-session", "--clearenv"]
         jail += ["--setenv", "HOME", INSIDE_DIR, "--setenv", "PATH", "/usr/bin:/bin"]
         jail += ["--setenv", "LANG", "C.UTF-8", "--hostname", "sandbox"]
@@ -292,6 +300,16 @@ def _seccomp_filter():
         file.write(b"".join(struct.pack("=HBBI", *op) for op in program))
         file.seek(0)
         yield file
+
+
+@functools.cache
+def _bwrap_version() -> tuple[int, ...]:
+    """bubblewrap's version, e.g. (0, 8, 0) from "bubblewrap 0.8.0"; (0,) when it does not say."""
+    out = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.split()
+    try:
+        return tuple(int(part) for part in out[-1].split("."))
+    except (IndexError, ValueError):
+        return (0,)
 
 
 def _root_links() -> list[str]:

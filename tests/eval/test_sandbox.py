@@ -710,3 +710,19 @@ def test_hostile_programs_neither_escape_nor_pass(host_dir: Path, listeners: dic
 def test_too_few_processes_for_the_harness_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="processes must be at least 4"):
         run_python("print(1)", processes=3)
+
+
+def test_bubblewrap_too_old_for_capped_scratch_space_refuses_with_the_fix(tmp_path: Path, monkeypatch):
+    for tool in ("prlimit", "setpriv"):
+        (tmp_path / tool).symlink_to(shutil.which(tool))
+    (tmp_path / "bwrap").write_text("#!/bin/sh\necho bubblewrap 0.4.0\n")  # Ubuntu 20.04's
+    (tmp_path / "bwrap").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    sandbox.ensure_available.cache_clear()
+    sandbox._bwrap_version.cache_clear()
+    try:
+        with pytest.raises(SandboxUnavailable, match=r"bubblewrap 0\.4\.0 is too old.*--size.*--sandbox rlimits"):
+            run_python("print(1)", timeout=5)
+    finally:
+        sandbox.ensure_available.cache_clear()
+        sandbox._bwrap_version.cache_clear()
