@@ -24,6 +24,9 @@ a sample holding the harness's frame could do too. So the sample gets no frame a
 - the sample and its tests run in a worker thread, so `signal.signal`, whose handlers receive
   the main thread's frame, is refused (ValueError, as Python does off the main thread); the
   nonce lives only in that worker's frames;
+- the harness itself reads frames once, for a failure's traceback: with access granted to its
+  own thread alone, collection off (no finalizer or gc callback of the sample can run then), and
+  only references taken before the sample ran (it may rebind sys.exc_info, gc or threading);
 - outside the interpreter, the sandbox has no /proc and a seccomp filter refuses ptrace and
   process_vm_readv/writev, so a child process cannot read or patch this one.
 Refusals raise ValueError (ImportError for imports), which the standard library already expects
