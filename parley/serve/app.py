@@ -13,8 +13,9 @@ conversations under /v1/conversations (conversations_api.py); GET /health, /metr
 `engine` is used as is (tests, embedding). Generation goes through the engine's continuous-batching
 driver (parley/batching.py). Protection: optional API keys (Bearer; compared in constant time; never
 logged), a request body size limit, a bounded queue (429 + Retry-After), validation errors as
-OpenAI-style 400s (api_errors.py). On SIGINT/SIGTERM the server stops taking requests, lets running
-generations finish for `grace_s`, then ends the rest with finish_reason "length".
+OpenAI-style 400s (api_errors.py), a Content-Security-Policy on the page (PAGE_CSP). On
+SIGINT/SIGTERM the server stops taking requests, lets running generations finish for `grace_s`, then
+ends the rest with finish_reason "length".
 
 Limits: one model per server; API keys are all-or-nothing (no per-key quotas or scopes).
 """
@@ -43,6 +44,11 @@ if TYPE_CHECKING:
     from parley.engine import Engine
 
 WEB = Path(__file__).parent / "web"
+# The page's Content-Security-Policy: its own scripts, styles and API only. Messages are sanitized
+# (web/app.js); this is the second line if markup gets through: no inline script or style, no image,
+# frame or request to another site, no form posting elsewhere, no framing of the page itself.
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 log = logging.getLogger("parley.serve")
 
 
@@ -117,7 +123,7 @@ def create_app(options: ServeOptions, engine: Engine | None = None) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def page():
-        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP})
 
     @app.get("/health", tags=["server"])
     async def health(request: Request):
