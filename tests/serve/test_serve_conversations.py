@@ -310,3 +310,32 @@ def test_the_question_is_stored_when_queued_and_done_means_stored(gated):
     assert ended[-1]["type"] == "error" and "locked" in ended[-1]["message"]
     assert not any(e["type"] == "done" for e in ended)  # never "done" for a reply that was not stored
     assert Store(db).messages(cid) == [{"role": "user", "content": "queued"}]
+
+
+@pytest.mark.parametrize("host, allowed", [
+    ("127.0.0.1:8000", True), ("localhost", True), ("LOCALHOST:1", True), ("[::1]:8000", True),
+    ("evil.example", False),  # DNS rebinding: the attacker's name, pointed at 127.0.0.1
+    ("evil.example:8000", False), ("192.168.1.5", False), ("[::1", False), ("", False),
+])
+def test_a_loopback_server_answers_only_to_loopback_names(api, host, allowed):
+    response = api.get("/v1/conversations", headers={"Host": host})
+    if allowed:
+        assert response.status_code == 200, response.text
+        return
+    assert response.status_code == 400 and response.json()["error"]["code"] == "host_not_allowed"
+    message = response.json()["error"]["message"]
+    assert "localhost, 127.0.0.1, ::1" in message and "--allowed-host" in message
+
+
+def test_a_server_on_every_interface_answers_to_addresses_and_allowed_names(tiny_loaded, tmp_path):
+    from parley.serve.app import ServeOptions, create_app
+
+    options = ServeOptions(host="0.0.0.0", allowed_hosts=["chat.example.com"], db=tmp_path / "db")
+    url, stop = start_server(create_app(options, engine=LocalEngine(tiny_loaded)))
+    try:
+        for host, status in [("10.1.2.3:8000", 200), ("[fe80::1]", 200), ("localhost", 200),
+                             ("Chat.Example.com:443", 200), ("evil.example", 400)]:
+            assert httpx.get(url + "/health", headers={"Host": host}).status_code == status, host
+    finally:
+        stop()
+
