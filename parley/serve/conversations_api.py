@@ -26,6 +26,10 @@ transaction, or, if the conversation changed meanwhile (another client added a m
 regenerated), answers 409 `conversation_changed` and stores nothing. An empty new reply (an immediate
 end, Stop before any text) leaves the old one in place.
 
+/plain refuses cross-site form posts (403): a browser's Sec-Fetch-Site must be same-origin or none,
+or, from browsers that do not send it, Origin must be this server; clients that send neither (curl)
+are not browsers, so are not a cross-site request forgery.
+
 Limits: no per-user ownership: anyone holding an API key sees every conversation.
 """
 
@@ -35,7 +39,7 @@ import dataclasses
 import hmac
 import html
 import logging
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 from fastapi import APIRouter, Query, Request
@@ -262,6 +266,9 @@ class _Reply:
 @router.post("/plain", include_in_schema=False, response_class=HTMLResponse)
 async def plain(request: Request):
     """The page's fallback without JavaScript: one question in a form, the answer as plain text."""
+    if _cross_site(request):
+        return HTMLResponse(_plain_page("", "Refused: this form was posted from another site. Open this "
+                                            "server's own page and ask there."), status_code=403)
     form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
     keys = request.app.state.options.api_keys
     given = form.get("key", "").encode()
@@ -277,6 +284,18 @@ async def plain(request: Request):
     except ApiError as e:
         return HTMLResponse(_plain_page(question, e.message), status_code=e.status)
     return HTMLResponse(_plain_page(question, body["message"]["content"]))
+
+
+def _cross_site(request: Request) -> bool:
+    """Whether a browser sent this from another site's page (the check Go's CrossOriginProtection
+    makes): Sec-Fetch-Site where the browser sends it, else Origin against the Host it was sent to."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")  # none: typed, bookmarked; same-site: another port
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False  # not a browser, or one too old to say: a form post alone cannot be told apart
+    return urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
 
 
 def _plain_page(question: str, answer: str) -> str:

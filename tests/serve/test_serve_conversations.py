@@ -339,3 +339,26 @@ def test_a_server_on_every_interface_answers_to_addresses_and_allowed_names(tiny
     finally:
         stop()
 
+
+@pytest.mark.parametrize("headers, status", [
+    ({"Sec-Fetch-Site": "cross-site"}, 403),
+    ({"Sec-Fetch-Site": "same-site"}, 403),  # another port of the same machine is another origin
+    ({"Origin": "http://evil.example"}, 403),  # a browser without Sec-Fetch-Site
+    ({"Origin": "null"}, 403),
+    ({"Sec-Fetch-Site": "same-origin"}, 200),
+    ({"Sec-Fetch-Site": "none"}, 200),  # typed or bookmarked
+    ({}, 200),  # not a browser (curl): no cross-site forgery possible
+])
+def test_plain_refuses_cross_site_form_posts(api, headers, status):
+    before = len(api.get("/v1/conversations", params={"limit": 500}).json()["data"])
+    response = api.post("/plain", data={"message": "forged?"}, headers=headers)
+    assert response.status_code == status, response.text
+    after = len(api.get("/v1/conversations", params={"limit": 500}).json()["data"])
+    assert after == before + (status == 200)
+    if status == 403:
+        assert "from another site" in response.text
+
+
+def test_plain_accepts_a_post_from_its_own_origin(api):
+    own = str(api.base_url).rstrip("/")
+    assert api.post("/plain", data={"message": "hi"}, headers={"Origin": own}).status_code == 200
