@@ -11,9 +11,9 @@ conversations under /v1/conversations (conversations_api.py); GET /health, /metr
 `create_app(options, engine=None)` builds the app; the engine is opened in the lifespan
 (`backend.open`: a local model or a remote service, which this module never tells apart), or
 `engine` is used as is (tests, embedding). Generation goes through the engine's continuous-batching
-driver (parley/batching.py). Protection: a Host allow-list (below), optional API keys (Bearer; compared
-in constant time; never logged), a request body size limit, a bounded queue (429 + Retry-After), validation errors as
-OpenAI-style 400s (api_errors.py). On SIGINT/SIGTERM the server stops taking requests, lets running
+driver (parley/batching.py). Protection: a Host allow-list (below), optional API keys (Bearer;
+compared in constant time; never logged), a request body size limit, a bounded queue (429 +
+Retry-After), validation errors as OpenAI-style 400s (api_errors.py). On SIGINT/SIGTERM the server stops taking requests, lets running
 generations finish for `grace_s`, then ends the rest with finish_reason "length".
 
 Host allow-list (against DNS rebinding: a web page whose own name has been pointed at this machine
@@ -156,12 +156,11 @@ class HostCheckMiddleware:
 
     def __init__(self, app, bind: str, extra: list[str]):
         self.app = app
-        wildcard = bind in ("0.0.0.0", "::", "")
+        self.any_ip = bind in ("0.0.0.0", "::", "")  # every interface: any address of this machine
         loopback = bind.lower() in self.LOOPBACK or _is_loopback(bind)
-        self.any_ip = wildcard
-        names = ["localhost"] if wildcard else list(self.LOOPBACK) if loopback else [bind]
+        names = ["localhost"] if self.any_ip else list(self.LOOPBACK) if loopback else [bind]
         self.allowed = dict.fromkeys(h.lower().strip("[]") for h in names + extra)  # a set, in order
-        self.described = ", ".join(["any IP address"] * wildcard + list(self.allowed))
+        self.described = ", ".join(["any IP address"] * self.any_ip + list(self.allowed))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or "*" in self.allowed:

@@ -167,7 +167,8 @@ async def say(cid: str, body: Say, request: Request):
 
 @router.post("/v1/conversations/{cid}/regenerate")
 async def regenerate(cid: str, body: Regenerate, request: Request):
-    """Drop the replies after the last user message and reply again (seeded anew unless a seed is set)."""
+    """Reply again to the last user message (seeded anew unless a seed is set); the new reply replaces
+    the old one once stored, or 409 if the conversation changed meanwhile."""
     return await _reply(request, cid, body.params, body.stream, new_message=None)
 
 
