@@ -371,6 +371,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     api_key: list[str] = typer.Option([], "--api-key", help="Require this Bearer key (repeatable; also "
                                       "PARLEY_API_KEYS=k1,k2)."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", help="Also answer requests for this Host "
+                                           "name (repeatable; * for any): the name clients use for this server."),
     served_name: Optional[str] = typer.Option(None, help="The model id clients send; default: --model."),
     max_batch: int = typer.Option(8, help="Requests decoded together in one batch."),
     max_queue: int = typer.Option(64, help="Requests that may wait for a batch slot before 429."),
@@ -385,7 +387,7 @@ def serve(
 
     run(ServeOptions(
         model=model, base_url=base_url, host=host, port=port, served_name=served_name,
-        api_keys=list(api_key) or api_keys_from_env(), max_batch=max_batch, max_queue=max_queue,
+        api_keys=list(api_key) or api_keys_from_env(), allowed_hosts=list(allowed_host), max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, grace_s=grace, device=device, dtype=dtype, compile=compile,
     ))
 

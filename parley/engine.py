@@ -56,6 +56,13 @@ from parley.templates import encode_chat
 PREFILL_CHUNK = 512  # prompt tokens fed per forward: bounds the (tokens x context) mask and activations
 PREFIX_CACHE_MB = 256  # memory kept for finished sequences' keys and values (automatic prefix caching)
 
+# Stop strings: OpenAI's API allows "up to 4 sequences", and so does our OpenAI route; a stop string
+# marks a boundary (a tag, a line, a delimiter), for which 256 characters is ample, while each one
+# costs a scan of the reply's tail per token (see _held_back). Seeds: torch and vLLM take int64.
+MAX_STOPS = 4
+MAX_STOP_CHARS = 256
+MAX_SEED = 2**63 - 1
+
 Prompt = str | list[dict]  # a raw prompt (used as is) or chat messages (rendered with the template)
 
 
@@ -73,6 +80,8 @@ class SamplingParams:
     top_logprobs: int = 0  # how many likely alternatives to report beside each token (0-20)
 
     def check(self) -> SamplingParams:
+        """Every limit in one place: the CLI, /params, the OpenAI routes and stored conversations all
+        pass through here, so a value refused in one is refused in all. Raises ParamError naming the key."""
         rules = {
             "temperature": (0 <= self.temperature <= 5, "between 0 and 5"),
             "top_p": (0 < self.top_p <= 1, "in (0, 1]"),
@@ -80,10 +89,12 @@ class SamplingParams:
             "repetition_penalty": (0 < self.repetition_penalty <= 10, "in (0, 10]"),
             "max_new_tokens": (self.max_new_tokens >= 1, "at least 1"),
             "top_logprobs": (0 <= self.top_logprobs <= 20, "between 0 and 20"),
+            "seed": (self.seed is None or 0 <= self.seed <= MAX_SEED, "None or between 0 and 2**63-1"),
         }
         for key, (ok, allowed) in rules.items():
             if not ok:
-                raise ConfigError(f"{key}={getattr(self, key)} is out of range: it must be {allowed}")
+                raise ParamError(key, f"{key}={getattr(self, key)} is out of range: it must be {allowed}")
+        _check_stops(self.stop)
         return self
 
     def updated(self, **values: str | float | int | list | None) -> SamplingParams:
@@ -95,6 +106,28 @@ class SamplingParams:
                 raise ConfigError(f"unknown parameter {key!r}: choose from {', '.join(known)}")
             changes[key] = _convert(key, value, getattr(self, key)) if isinstance(value, str) else value
         return dataclasses.replace(self, **changes).check()
+
+
+class ParamError(ConfigError):
+    """A SamplingParams value out of its range; `key` names the field (the HTTP API says params.<key>)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _check_stops(stops) -> None:
+    """Each stop string is searched for, and its possible start held back, at every token, on the
+    thread that decodes for everyone: so a few, short, non-empty ones (an empty one would end every
+    reply at once)."""
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise ParamError("stop", "stop must be a list of strings")
+    if len(stops) > MAX_STOPS:
+        raise ParamError("stop", f"stop has {len(stops)} strings; at most {MAX_STOPS} are allowed")
+    for s in stops:
+        if not s or len(s) > MAX_STOP_CHARS:
+            raise ParamError("stop", f"stop strings must be 1 to {MAX_STOP_CHARS} characters long; "
+                                     f"one is {len(s)}")
 
 
 def _convert(key: str, text: str, current):

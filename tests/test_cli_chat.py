@@ -104,6 +104,7 @@ def test_slash_commands_and_errors_keep_the_session(tmp_path, tiny_dir):
     assert "/params" in say(child, "/help")
     assert "unknown command /bogus" in say(child, "/bogus")
     assert "not a valid float" in say(child, "/params temperature=warm")
+    assert "seed=1180591620717411303424 is out of range" in say(child, "/params seed=1180591620717411303424")
     assert "temperature=0.0" in say(child, "/params")
     assert "max_new_tokens=5" in say(child, "/params max_new_tokens=5")
     say(child, "/system You are a pirate.")
