@@ -174,7 +174,31 @@ class _Choice:
 
     def __init__(self):
         self.text, self.tokens, self.finish_reason = "", 0, None
-        self.logprobs: list[tuple[str, float, list[tuple[str, float]]]] = []  # (piece, logprob, top)
+        self.logprobs: list[_Logprob] = []
+
+
+@dataclasses.dataclass
+class _Logprob:
+    """One token's logprobs entry: its own bytes (maybe part of a character), where it starts in the text."""
+
+    piece: bytes
+    logprob: float
+    top: list[tuple[bytes, float]]  # alternatives (their own bytes, logprob), best first
+    offset: int
+
+    @staticmethod
+    def of(event: Event, released: int) -> _Logprob:
+        """`released`: the choice's text length so far, the offset where the engine reports none (remote)."""
+        token = event.token
+        texts = event.top_pieces or [text.encode() for text, _ in token.top]
+        top = [(piece, value) for piece, (_, value) in zip(texts, token.top)]
+        offset = released if token.offset is None else token.offset
+        return _Logprob(event.piece, token.logprob, top, offset)
+
+
+def _text(piece: bytes) -> str:
+    """A token's bytes as JSON text: part of a character shows as U+FFFD (the `bytes` field is exact)."""
+    return piece.decode("utf-8", errors="replace")
 
 
 class _Call:
@@ -190,6 +214,12 @@ class _Call:
 
     async def run(self, work, n: int, max_tokens: int | None, streaming: bool):
         """`work`: (prompt, params) per choice, n choices per prompt."""
+        limit = self.request.app.state.options.max_queue
+        if len(work) > limit:  # it could never be queued (the driver's TooLarge): name the field to lower
+            param = "n" if n > 1 else "prompt"
+            raise ApiError(400, f"{param}: this request asks for {len(work) // n} prompt(s) × n={n} = {len(work)} "
+                                f"sequences but the server queues at most {limit} (--max-queue): lower n or send "
+                                "fewer prompts", param=param)
         ticket = await submit(self.request, work, pieces=self.logprobs)
         if max_tokens is not None:  # what the client asked for, after the server's cap
             max_tokens = min(max_tokens, self.request.app.state.options.max_tokens)
@@ -213,10 +243,10 @@ class _Call:
 
     def _add(self, choice: _Choice, event: Event) -> None:
         if event.token is not None:
+            if self.logprobs:
+                choice.logprobs.append(_Logprob.of(event, len(choice.text)))
             choice.text += event.token.text
             choice.tokens += 1
-            if self.logprobs:
-                choice.logprobs.append((event.piece, event.token.logprob, event.token.top))
         else:
             choice.finish_reason = event.finish_reason
 
@@ -226,24 +256,21 @@ class _Call:
                 "total_tokens": self.prompt_tokens + completion}
 
     def _whole(self, index: int, choice: _Choice) -> dict:
-        logprobs = self._logprobs(choice.logprobs, 0) if self.logprobs else None
+        logprobs = self._logprobs(choice.logprobs) if self.logprobs else None
         if self.chat:
             return {"index": index, "message": {"role": "assistant", "content": choice.text},
                     "logprobs": logprobs, "finish_reason": choice.finish_reason}
         return {"index": index, "text": choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
 
-    def _logprobs(self, entries, offset: int) -> dict:
+    def _logprobs(self, entries: list[_Logprob]) -> dict:
         if self.chat:
             return {"content": [
-                {"token": piece, "logprob": lp, "bytes": list(piece.encode()),
-                 "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in top]}
-                for piece, lp, top in entries]}
-        offsets, at = [], offset
-        for piece, _, _ in entries:
-            offsets.append(at)
-            at += len(piece)
-        return {"tokens": [p for p, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
-                "top_logprobs": [dict(top) for _, _, top in entries], "text_offset": offsets}
+                {"token": _text(e.piece), "logprob": e.logprob, "bytes": list(e.piece),
+                 "top_logprobs": [{"token": _text(t), "logprob": v, "bytes": list(t)} for t, v in e.top]}
+                for e in entries]}
+        return {"tokens": [_text(e.piece) for e in entries], "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": [{_text(t): v for t, v in e.top} for e in entries],
+                "text_offset": [e.offset for e in entries]}
 
     async def _stream(self, first: Event | None, events, choices: list[_Choice]):
         try:
@@ -277,11 +304,10 @@ class _Call:
 
     def _event(self, choices: list[_Choice], event: Event) -> str:
         choice = choices[event.index]
-        offset = len(choice.text)
         self._add(choice, event)
         if event.token is None:
             return sse(self._chunk(event.index, finish=event.finish_reason))
-        logprobs = self._logprobs(choice.logprobs[-1:], offset) if self.logprobs else None
+        logprobs = self._logprobs(choice.logprobs[-1:]) if self.logprobs else None
         if not event.token.text and logprobs is None:
             return ""  # text held back (a partial character or a possible stop string): nothing to send yet
         delta = {"content": event.token.text}
