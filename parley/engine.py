@@ -123,7 +123,6 @@ class Token:
     logprob: float  # natural-log probability under the model, before temperature and top-p/k
     top: list[tuple[str, float]] = field(default_factory=list)  # likely alternatives (text, logprob), best first
     top_ids: list[int] = field(default_factory=list)  # the alternatives' token ids; [] where unknown (remote)
-    offset: int | None = None  # where this token starts in the reply's text (held-back text counted); None: unknown
 
 
 class Sequence:
@@ -178,8 +177,7 @@ class Sequence:
             top_ids = ids.tolist()
             decode = self.engine.loaded.tokenizer.decode
             top = [(decode([i]), float(v)) for v, i in zip(values, top_ids)]
-        offset = len(self._full)
-        return Token(token_id, self._release(token_id), float(logprobs[token_id]), top, top_ids, offset)
+        return Token(token_id, self._release(token_id), float(logprobs[token_id]), top, top_ids)
 
     def _release(self, token_id: int) -> str:
         """Append `token_id` and return the text that is now safe to show."""

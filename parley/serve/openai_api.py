@@ -14,6 +14,7 @@ are 400s that name the field.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import secrets
 import time
@@ -175,6 +176,17 @@ class _Choice:
     def __init__(self):
         self.text, self.tokens, self.finish_reason = "", 0, None
         self.logprobs: list[_Logprob] = []
+        # The tokens' own bytes, decoded as they come: how many characters precede the next token, held-back
+        # text and split characters included (a token inside a character points at that character).
+        self.chars, self.decoder = 0, codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def offset(self, piece: bytes) -> int:
+        """Where a token with these bytes starts in the text; remote tokens (no bytes) count released text."""
+        if not piece:
+            return len(self.text)
+        at = self.chars
+        self.chars += len(self.decoder.decode(piece))
+        return at
 
 
 @dataclasses.dataclass
@@ -187,13 +199,10 @@ class _Logprob:
     offset: int
 
     @staticmethod
-    def of(event: Event, released: int) -> _Logprob:
-        """`released`: the choice's text length so far, the offset where the engine reports none (remote)."""
+    def of(event: Event, offset: int) -> _Logprob:
         token = event.token
-        texts = event.top_pieces or [text.encode() for text, _ in token.top]
-        top = [(piece, value) for piece, (_, value) in zip(texts, token.top)]
-        offset = released if token.offset is None else token.offset
-        return _Logprob(event.piece, token.logprob, top, offset)
+        pieces = event.top_pieces or [text.encode() for text, _ in token.top]  # remote: their text is all there is
+        return _Logprob(event.piece, token.logprob, [(p, v) for p, (_, v) in zip(pieces, token.top)], offset)
 
 
 def _text(piece: bytes) -> str:
@@ -244,7 +253,7 @@ class _Call:
     def _add(self, choice: _Choice, event: Event) -> None:
         if event.token is not None:
             if self.logprobs:
-                choice.logprobs.append(_Logprob.of(event, len(choice.text)))
+                choice.logprobs.append(_Logprob.of(event, choice.offset(event.piece)))
             choice.text += event.token.text
             choice.tokens += 1
         else:

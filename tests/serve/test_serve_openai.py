@@ -217,3 +217,81 @@ def test_full_queue_is_429_and_a_disconnect_frees_its_slot(tiny_loaded, tmp_path
         assert "parley_client_disconnects_total 1.0" in httpx.get(url + "/metrics").text
     finally:
         stop()
+
+
+def test_a_request_that_breaks_sampling_harms_no_one_else(client, tiny_loaded):
+    """Temperatures and penalties this small once made NaN probabilities, and the failure ended every
+    sequence in the batch with 500. Now they sample (greedy below 1e-5) and the others are as alone."""
+    engine = LocalEngine(tiny_loaded)
+    others = [dict(temperature=0.9, seed=s) for s in range(4)]
+    tiny = [dict(temperature=1e-45, seed=9), dict(temperature=1.0, seed=9, extra_body={"repetition_penalty": 1e-45})]
+    requests = others + tiny
+    results: list = [None] * len(requests)
+
+    def ask(i: int) -> None:
+        try:
+            results[i] = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=24,
+                                                        **requests[i]).choices[0].message.content
+        except openai.APIError as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    alone = [engine.generate(HELLO, SamplingParams(max_new_tokens=24, **r)) for r in others]
+    assert results[: len(others)] == alone
+    assert results[len(others)] == engine.generate(HELLO, SamplingParams(temperature=0, max_new_tokens=24))
+    assert isinstance(results[-1], str)
+
+
+def test_a_request_larger_than_the_queue_is_400_naming_n(client, server):
+    limit = server[1].state.options.max_queue
+    prompts = ["Hello"] * 16
+    with pytest.raises(openai.BadRequestError) as caught:  # 16 x 8 = 128 sequences: it could never be queued
+        client.completions.create(model="tiny", prompt=prompts, n=8, max_tokens=2)
+    assert 16 * 8 > limit and caught.value.body["param"] == "n"
+    assert "128 sequences" in caught.value.message and str(limit) in caught.value.message
+
+
+def test_logprob_bytes_are_each_tokens_own(client):
+    """A character split over tokens: each token's `bytes` are its own slice of it, as OpenAI reports."""
+    reply = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=40, temperature=1.0, seed=2,
+                                           logprobs=True, top_logprobs=2)
+    choice = reply.choices[0]
+    pieces = [bytes(entry.bytes) for entry in choice.logprobs.content]
+    assert b"".join(pieces).decode(errors="replace") == choice.message.content  # a random model may emit stray bytes
+    assert any(_partial(piece) for piece in pieces)  # this seed's reply splits a character (the case under test)
+    for entry in choice.logprobs.content:
+        for alternative in [entry, *entry.top_logprobs]:
+            assert bytes(alternative.bytes).decode(errors="replace") == alternative.token
+
+
+def _partial(piece: bytes) -> bool:
+    try:
+        piece.decode()
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_text_offsets_point_at_each_token(client, stream):
+    """A stop string's first letter is held back until the next token shows it is not the stop: the
+    offsets must still point where each token's text starts."""
+    args = dict(model="tiny", prompt="Say hello.", max_tokens=40, temperature=1.0, seed=2, logprobs=0,
+                stop=["e~~~"])
+    chunks = client.completions.create(**args, stream=True) if stream else [client.completions.create(**args)]
+    text, tokens, offsets = "", [], []
+    for chunk in chunks:
+        choice = chunk.choices[0]
+        text += choice.text
+        if choice.logprobs:
+            tokens += choice.logprobs.tokens
+            offsets += choice.logprobs.text_offset
+    assert offsets == sorted(offsets) and len(tokens) == 40
+    whole = [(t, o) for t, o in zip(tokens, offsets) if "\ufffd" not in t]
+    assert any(t.endswith("e") for t, _ in whole[:-1])  # some text was held back (the case under test)
+    for token, offset in whole:
+        assert text[offset : offset + len(token)] == token
