@@ -1,7 +1,7 @@
 """Many prompts at once: the one continuous-batching driver that the server and `parley eval` share.
 
     driver = engine.driver(max_batch=8, max_queue=64)       # any Engine: local or remote
-    ticket = driver.submit([(messages, params)], deliver)    # raises Busy, ShuttingDown (or ContextError)
+    ticket = driver.submit([(messages, params)], deliver)    # raises Busy, TooLarge, ShuttingDown (or ContextError)
     # deliver(Event) is called from the driver's threads: tokens, then one closing event per choice
     ticket.cancel()                                          # nobody wants the rest: free the slots
     driver.drain(grace_s); driver.close()
@@ -13,15 +13,20 @@ The caller decides how events reach it: the server hops onto its asyncio loop
 `BatchDriver` (local models): one background thread owns the engine's `Batch`. Each loop it admits
 waiting sequences up to `max_batch` (each is prefilled as it joins), drops cancelled ones, steps the
 batch once, and delivers every Token. Sequences leave as soon as they finish, so a long reply never
-holds up a short one. Prompts are tokenized and checked against the context window in `submit`
-(the caller's thread), so a too-long prompt is an error before anything starts.
+holds up a short one. A sequence that fails (`Sequence.error`: its sampling, stop strings or text
+raised) leaves with an error event of its own; the others go on, token for token as they would alone.
+Prompts are tokenized and checked against the context window in `submit` (the caller's thread), so a
+too-long prompt is an error before anything starts, but only after the line has been checked (and
+places in it held): under overload a request is turned away without tokenizing it.
 
 `StreamDriver` (remote services, which batch on their side): each sequence streams in a worker
 thread of its own, `max_batch` at a time, with the same bounded line and the same tickets.
 
-Both bound the waiting line (`submit` raises `Busy` rather than queueing forever), refuse new work
-after `drain` (`ShuttingDown`), let running work finish for the grace period and then end it with
-finish_reason "length", and turn a failure into one error event per affected choice.
+Both bound the waiting line (`submit` raises `Busy` rather than queueing forever, and `TooLarge` for a
+request with more sequences than the whole line, which no wait would help), take a cancelled request
+out of the line at once, refuse new work after `drain` (`ShuttingDown`), let running work finish for
+the grace period and then end it with finish_reason "length", and turn a failure into one error event
+per affected choice.
 
 Limits: a newcomer's prefill runs between two steps, so it delays the others' next token by its own
 length; there is no preemption or prefix caching. A remote sequence's finish_reason is "length"

@@ -20,6 +20,12 @@ of a chat, an API client resending its history) prefills only what is new.
 
 Detokenizing is incremental (only the newest tokens are decoded), so a reply costs linear time.
 
+Failures stay with their sequence: sampling is done in fp32 with temperatures below `SAMPLING_EPS`
+greedy (as vLLM does) and repetition penalties at least that, so valid parameters never give NaN
+probabilities; and whatever one sequence raises while its token is chosen, its stop strings checked or
+its text decoded ends that sequence alone (`Sequence.error`, `pick` returns None), never its batch.
+When several stop strings appear at once, the reply ends at the earliest in the text.
+
 Encoder-decoder models (T5, BART) decode in a `parley.seq2seq.Seq2SeqBatch` instead (`new_batch()` chooses).
 
 Limits: prefix reuse and batched rows are for decoder-only models; an encoder-decoder batch steps its

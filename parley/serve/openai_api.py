@@ -7,9 +7,14 @@ Request and response shapes follow OpenAI's, so the official clients work unchan
 
 Rules: `max_tokens` is capped at the server's `--max-tokens`; an explicit `max_tokens` that does not
 fit beside the prompt, or a prompt over the context window, is a 400 naming both lengths (never a
-silent cut). `n` choices are n sequences seeded seed, seed+1, ... . A `model` other than the served
-one is a 404, as OpenAI does. Unsupported features (tools, images, echo, penalties other than 0)
-are 400s that name the field.
+silent cut). `n` choices are n sequences seeded seed, seed+1, ... . A request of more sequences
+(prompts x n) than `--max-queue` is a 400 naming `n` (or `prompt`): it could never be queued. A
+`model` other than the served one is a 404, as OpenAI does. Unsupported features (tools, images,
+echo, penalties other than 0) are 400s that name the field.
+
+Logprobs: each token's `bytes` are its own (a character split over two tokens gives each its slice, and
+`token` shows U+FFFD for a part of a character); `text_offset` counts the characters those bytes
+decode to, so it points at each token even while text is held back for a possible stop string.
 """
 
 from __future__ import annotations
