@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 
@@ -295,3 +297,42 @@ def test_text_offsets_point_at_each_token(client, stream):
     assert any(t.endswith("e") for t, _ in whole[:-1])  # some text was held back (the case under test)
     for token, offset in whole:
         assert text[offset : offset + len(token)] == token
+
+
+def test_a_client_that_leaves_before_its_turn_frees_its_place(tiny_loaded, tmp_path):
+    from parley.serve.app import ServeOptions, create_app
+
+    app = create_app(ServeOptions(max_batch=1, max_queue=1, max_tokens=1000, db=tmp_path / "db"),
+                     engine=LocalEngine(tiny_loaded))
+    url, stop = start_server(app)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+    long = dict(model="tiny", messages=HELLO, max_tokens=1000, temperature=1.0)
+
+    def health() -> dict:
+        return httpx.get(url + "/health").json()
+
+    try:
+        a = client.chat.completions.create(**long, seed=0, stream=True)  # seeded: it says no end-of-turn early
+        next(iter(a))  # A holds the only batch slot
+        body = json.dumps(long).encode()
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as b:  # B takes the one place in the line...
+            b.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: "
+                      f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            while health()["waiting"] < 1:
+                time.sleep(0.01)
+        deadline = time.monotonic() + 30  # ...and leaves: its place is free once the server notices
+        while (now := health())["waiting"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert now == now | {"waiting": 0, "active": 1}  # freed by B leaving, while A still decodes
+        answers: list = []
+        c = threading.Thread(target=lambda: answers.append(
+            client.chat.completions.create(**(long | {"max_tokens": 2})).choices[0].finish_reason))
+        c.start()  # C queues behind A (before the fix: 429, the line still held B)
+        while health()["waiting"] < 1 and c.is_alive():
+            time.sleep(0.01)
+        a.close()
+        c.join(timeout=120)
+        assert answers and answers[0] in ("stop", "length")
+    finally:
+        stop()
