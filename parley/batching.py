@@ -214,7 +214,8 @@ class BatchDriver:
             self._thread.join()
 
     def _forget(self, jobs: list[_Job]) -> None:
-        """A cancelled request leaves the line at once (its place is free for others) and the batch before the next step."""
+        """A cancelled request leaves the line at once, so its place is free for others (and leaves the batch,
+        if it got there, before the next step)."""
         with self._cond:
             for job in jobs:
                 if job in self._waiting:

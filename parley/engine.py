@@ -260,12 +260,12 @@ class Batch:
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def add(self, seq: Sequence) -> Token:
-        """Prefill `seq`, pick its first token, and keep it in the batch."""
+    def add(self, seq: Sequence) -> Token | None:
+        """Prefill `seq`, pick its first token, and keep it in the batch (None: it failed, see Sequence.pick)."""
         return self.add_many([seq])[0]
 
     @torch.inference_mode()
-    def add_many(self, seqs: list[Sequence]) -> list[Token]:
+    def add_many(self, seqs: list[Sequence]) -> list[Token | None]:
         """Prefill `seqs` together (from a stored prefix where one matches) and pick each one's first token."""
         first = len(self.seqs)
         reused = []
@@ -280,8 +280,8 @@ class Batch:
         return [seq.pick(row) for seq, row in zip(seqs, logits)]
 
     @torch.inference_mode()
-    def step(self) -> list[Token]:
-        """Advance every sequence by one token; tokens come back in `self.seqs` order."""
+    def step(self) -> list[Token | None]:
+        """Advance every sequence by one token; tokens come back in `self.seqs` order (None where one failed)."""
         device = self.engine.loaded.device
         last = torch.tensor([[s.ids[-1]] for s in self.seqs], device=device)  # (B, 1)
         positions = torch.tensor(self.lengths, device=device)[:, None]  # (B, 1): each row's own next position

@@ -312,7 +312,7 @@ def test_a_client_that_leaves_before_its_turn_frees_its_place(tiny_loaded, tmp_p
         return httpx.get(url + "/health").json()
 
     try:
-        a = client.chat.completions.create(**long, seed=0, stream=True)  # seeded: it says no end-of-turn early
+        a = client.chat.completions.create(**long, seed=0, stream=True)  # seeded: the same run every time
         next(iter(a))  # A holds the only batch slot
         body = json.dumps(long).encode()
         host, port = url.removeprefix("http://").split(":")
