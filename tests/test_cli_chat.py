@@ -83,6 +83,13 @@ def test_bad_input_is_one_line_without_traceback(args, message):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_tiny_temperature_is_greedy_not_a_traceback(tiny_dir):
+    args = ("chat", "--model", tiny_dir, "-p", "hi", "--max-new-tokens", "6")
+    tiny = run(*args, "--temperature", "1e-300")  # once NaN probabilities and a traceback
+    assert tiny.returncode == 0, tiny.stderr
+    assert tiny.stdout == run(*args, "--temperature", "0").stdout  # below 1e-5 a temperature is greedy
+
+
 def test_overlong_input_is_cut_with_a_notice(tiny_dir):
     # The tiny model's window is 256 tokens; this question is far longer, so its start is cut.
     long = "filler words " * 400 + "the real question?"
