@@ -257,6 +257,16 @@ def test_a_request_larger_than_the_queue_is_400_naming_n(client, server):
     assert "128 sequences" in caught.value.message and str(limit) in caught.value.message
 
 
+def test_limits_the_sampler_keeps_are_400s_naming_the_field(client):
+    # Limits that live in SamplingParams.check() (one place for every front end), not in the route's schema.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="tiny", prompt="Hello", max_tokens=2, stop=["x" * 257])
+    assert caught.value.body["param"] == "stop" and "256" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:  # choice 2's seed, seed + 1, is past int64
+        client.completions.create(model="tiny", prompt="Hello", max_tokens=2, n=2, seed=2**63 - 1)
+    assert caught.value.body["param"] == "seed"
+
+
 def test_logprob_bytes_are_each_tokens_own(client):
     """A character split over tokens: each token's `bytes` are its own slice of it, as OpenAI reports."""
     reply = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=40, temperature=1.0, seed=2,
