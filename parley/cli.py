@@ -396,7 +396,9 @@ def main() -> None:
     try:
         app()
     except ParleyError as e:
-        print(f"parley: error: {e}", file=sys.stderr)
+        from parley.printable import printable  # the message may quote a remote service or a file
+
+        print(f"parley: error: {printable(str(e))}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

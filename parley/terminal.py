@@ -36,19 +36,12 @@ from parley import backend
 from parley.engine import Engine, SamplingParams
 from parley.errors import ConfigError, ParleyError
 from parley.files import write_atomic
+from parley.printable import plain, printable
 from parley.session import Session
 from parley.store import Store
 
 CODE_THEME = "monokai"
 CODE_BLOCK = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.S)
-# Escape sequences whole (CSI; OSC, DCS, SOS, PM and APC up to their terminator; two-character
-# escapes, or a lone ESC), then every other C0 and C1 control character but newline and tab.
-CONTROL = re.compile(
-    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
-    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)"
-    r"|\x1b[ -/]*[0-~]?"
-    r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
-)
 HELP = """\
 [bold]Commands[/bold]
   /help               this help
@@ -73,16 +66,6 @@ class ChatOptions:
     params: dict = field(default_factory=dict)  # SamplingParams overrides from flags
     base_url: str | None = None  # the service for `openai:NAME` models (--base-url)
     compile: bool = False  # compile decode steps in the background (interactive chat only; compiled.py)
-
-
-def printable(text: str) -> str:
-    """`text` without escape sequences or control characters (newlines and tabs stay)."""
-    return CONTROL.sub("", text)
-
-
-def plain(text: object, style: str = "") -> Text:
-    """Untrusted text as Rich should print it: literally (no markup, no :emoji: codes), printable."""
-    return Text(printable(str(text)), style=style)
 
 
 def open_session(engine: Engine, store: Store, options: ChatOptions) -> Session:
