@@ -72,7 +72,8 @@ def export_gguf(loaded, out: Path, quant: str) -> Path:
     text = modelfile(loaded, out.name)
 
     writer = gguf.GGUFWriter(None, config.model_type)
-    writer.add_name(Path(loaded.spec).name or loaded.spec)
+    spec = Path(loaded.spec)
+    writer.add_name(spec.parent.name if spec.name == "final" else spec.name)  # a run's name, not "final"
     writer.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
                           "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[quant])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -133,6 +134,8 @@ def _tensors(model, quant: str) -> list[Tensor]:
     llama = config.model_type == "llama"
     if llama:
         _check_llama(config)
+    else:
+        _check_gpt2(config)
     arch = gguf.MODEL_ARCH.LLAMA if llama else gguf.MODEL_ARCH.GPT2
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     conv1d = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, Conv1D)}
@@ -226,10 +229,13 @@ def _llama_hparams(writer, config) -> None:
         writer.add_value_length(head_dim)
 
 
-def _gpt2_hparams(writer, config) -> None:
+def _check_gpt2(config) -> None:
     if config.activation_function != "gelu_new":  # llama.cpp's GPT-2 uses the tanh approximation
         raise ConfigError(f"GGUF export of GPT-2 needs activation gelu_new, not {config.activation_function!r}: "
                           "use --format hf")
+
+
+def _gpt2_hparams(writer, config) -> None:
     writer.add_context_length(config.n_positions)
     writer.add_embedding_length(config.n_embd)
     writer.add_block_count(config.n_layer)
