@@ -117,7 +117,7 @@ def check(source: str, quants: list[str], out: Path, args) -> dict:
             "export_s": round(export_s, 1), "size_mb": round(path.stat().st_size / 2**20, 1),
             "same_leading_tokens": same, "matches_parley": same == [NEW_TOKENS] * len(PROMPTS),
             "perplexity": round(math.exp(theirs["nll"]), 3),
-            "tokenizer_matches": theirs["text_ids_match"] and theirs["prompt_ids_match"] and theirs["detokenized"],
+            "tokenizer": theirs["tokenizer"], "tokenizer_matches": all(theirs["tokenizer"].values()),
             "chat_template_matches": theirs["chat_template"] == parley.template,
             "answer": tok.decode(theirs["continuations"][1]), "load_s": theirs["load_s"],
         }
@@ -176,10 +176,24 @@ def worker() -> None:
     prompt_ids = [llm.tokenize(t.encode(), add_bos=True, special=True) for t in job["prompt_texts"]]
     print(json.dumps({
         "load_s": round(load_s, 2), "continuations": continuations, "nll": float(nll),
-        "text_ids_match": text_ids == job["text_ids"], "prompt_ids_match": prompt_ids == job["prompts"],
-        "detokenized": llm.detokenize(text_ids).decode() == job["text"],
+        "tokenizer": {"text_ids_match": text_ids == job["text_ids"], "prompt_ids_match": prompt_ids == job["prompts"],
+                      "round_trip": detokenize(llm, text_ids) == job["text"]},
         "chat_template": llm.metadata.get("tokenizer.chat_template"),
     }))
+
+
+def detokenize(llm, ids: list[int]) -> str:
+    """llama.cpp's text for `ids`. Llama.detokenize gives each token a 32-byte buffer and silently drops
+    longer pieces (SmolLM2 has 33-byte runs of spaces), so the C call is made with room to spare."""
+    import ctypes
+
+    import llama_cpp
+
+    buffer, pieces = ctypes.create_string_buffer(1024), []
+    for token in ids:
+        size = llama_cpp.llama_token_to_piece(llm._model.vocab, token, buffer, len(buffer), 0, False)
+        pieces.append(buffer.raw[:size])
+    return b"".join(pieces).decode()
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
