@@ -352,14 +352,18 @@ def train(
 
 @app.command()
 def export(
-    run_dir: Path = typer.Argument(..., help="A run directory (or its final/ directory, or any LoRA adapter dir)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory to write the merged model to."),
+    source: str = typer.Argument(..., help="A run directory (or its final/), a LoRA adapter or model directory; "
+                                 "with --format gguf also smollm2 or a hub id."),
+    out: Path = typer.Option(..., "--out", "-o", help="The directory (--format hf) or .gguf file (--format gguf) to write."),
+    format: str = typer.Option("hf", "--format", help="hf: a save_pretrained directory; gguf: one file for llama.cpp, "
+                               "Ollama and LM Studio, with an Ollama Modelfile beside it (LoRA merged first)."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="With --format gguf: f16 (default), q8_0 or q4_0."),
     merge_lora: bool = typer.Option(False, "--merge-lora", help="Fold the LoRA adapter into the base weights."),
 ) -> None:
-    """Write a run's model as a standalone save_pretrained directory (transformers, vLLM, GGUF converters)."""
+    """Write a run's model as a standalone save_pretrained directory (transformers, vLLM) or a GGUF file (llama.cpp, Ollama)."""
     from parley.train.export import export as export_model
 
-    print(export_model(run_dir, out, merge_lora=merge_lora))
+    print(export_model(source, out, merge_lora=merge_lora, format=format, quant=quant))
 
 
 @app.command()
