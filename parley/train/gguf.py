@@ -33,15 +33,13 @@ the file's tokenizer.chat_template. Known limits: other architectures, other tok
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from parley.errors import ConfigError
-from parley.files import TMP_PREFIX, fsync_dir, write_atomic
+from parley.files import atomic_file, write_atomic
 from parley.train.modelfile import modelfile
 
 QUANTS = ("f16", "q8_0", "q4_0")
@@ -106,23 +104,14 @@ def check_request(out: Path, quant: str) -> Path:
 
 
 def _write_atomically(writer, out: Path) -> None:
-    """GGUFWriter streams numpy arrays into a real file, so write_atomic (bytes in memory) cannot take
-    it: the same steps here, a temporary name beside `out`, fsync, rename."""
-    tmp = out.with_name(f"{TMP_PREFIX}{out.name}-{secrets.token_hex(4)}")
-    try:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.flush()
-        for f in writer.fout:
-            os.fsync(f.fileno())
-        writer.close()
-        os.replace(tmp, out)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(out.parent)
+    """GGUFWriter streams numpy arrays into a file it opens itself: give it files.atomic_file's name."""
+    with atomic_file(out) as tmp:
+        try:
+            writer.write_header_to_file(tmp)
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
 
 
 def _tensors(model, quant: str) -> list[Tensor]:
