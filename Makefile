@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.parley-installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 
-.PHONY: system-deps test-deps bench-deps fuzz-deps install chat test test-fast bench fuzz clean-venv
+.PHONY: system-deps test-deps bench-deps fuzz-deps install chat test test-fast bench check-gguf fuzz clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,12 @@ $(BENCH_STAMP): Makefile
 bench: install bench-deps $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/generate.py --llama-python $(BENCH_VENV)/bin/python
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/turns.py --llama-python $(BENCH_VENV)/bin/python
+
+# GGUF export checked by running it: llama.cpp (the same bench venv) loads the embedded model exported
+# at f16/q8_0/q4_0 and a short LoRA run of the README's recipe, and is compared with Parley (greedy
+# tokens, perplexity, tokenizer, chat template); prints JSON, fails when an f16 file disagrees.
+check-gguf: install bench-deps $(BENCH_STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/gguf_check.py --llama-python $(BENCH_VENV)/bin/python
 
 # The API fuzzer: schemathesis in a venv of its own (measuring only, never a dependency of Parley; pure
 # Python, no torch). tests/serve/test_fuzz.py runs it against a live `parley serve` over a tiny model:

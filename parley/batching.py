@@ -1,7 +1,7 @@
 """Many prompts at once: the one continuous-batching driver that the server and `parley eval` share.
 
     driver = engine.driver(max_batch=8, max_queue=64)       # any Engine: local or remote
-    ticket = driver.submit([(messages, params)], deliver)    # raises Busy, ShuttingDown (or ContextError)
+    ticket = driver.submit([(messages, params)], deliver)    # raises Busy, TooLarge, ShuttingDown (or ContextError)
     # deliver(Event) is called from the driver's threads: tokens, then one closing event per choice
     ticket.cancel()                                          # nobody wants the rest: free the slots
     driver.drain(grace_s); driver.close()
@@ -13,15 +13,20 @@ The caller decides how events reach it: the server hops onto its asyncio loop
 `BatchDriver` (local models): one background thread owns the engine's `Batch`. Each loop it admits
 waiting sequences up to `max_batch` (each is prefilled as it joins), drops cancelled ones, steps the
 batch once, and delivers every Token. Sequences leave as soon as they finish, so a long reply never
-holds up a short one. Prompts are tokenized and checked against the context window in `submit`
-(the caller's thread), so a too-long prompt is an error before anything starts.
+holds up a short one. A sequence that fails (`Sequence.error`: its sampling, stop strings or text
+raised) leaves with an error event of its own; the others go on, token for token as they would alone.
+Prompts are tokenized and checked against the context window in `submit` (the caller's thread), so a
+too-long prompt is an error before anything starts, but only after the line has been checked (and
+places in it held): under overload a request is turned away without tokenizing it.
 
 `StreamDriver` (remote services, which batch on their side): each sequence streams in a worker
 thread of its own, `max_batch` at a time, with the same bounded line and the same tickets.
 
-Both bound the waiting line (`submit` raises `Busy` rather than queueing forever), refuse new work
-after `drain` (`ShuttingDown`), let running work finish for the grace period and then end it with
-finish_reason "length", and turn a failure into one error event per affected choice.
+Both bound the waiting line (`submit` raises `Busy` rather than queueing forever, and `TooLarge` for a
+request with more sequences than the whole line, which no wait would help), take a cancelled request
+out of the line at once, refuse new work after `drain` (`ShuttingDown`), let running work finish for
+the grace period and then end it with finish_reason "length", and turn a failure into one error event
+per affected choice.
 
 Limits: a newcomer's prefill runs between two steps, so it delays the others' next token by its own
 length; there is no preemption or prefix caching. A remote sequence's finish_reason is "length"
@@ -36,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from parley.errors import ParleyError
@@ -55,6 +60,14 @@ class Busy(Exception):
         self.retry_after = retry_after
 
 
+class TooLarge(ParleyError):
+    """A request with more sequences than the whole waiting line holds: it could never be queued (HTTP 400)."""
+
+    def __init__(self, sequences: int, max_queue: int):
+        super().__init__(f"the request has {sequences} sequences but at most {max_queue} can wait at once: "
+                         "send fewer prompts or choices per request")
+
+
 class ShuttingDown(Exception):
     """The driver is stopping and takes no new work (HTTP 503)."""
 
@@ -68,7 +81,8 @@ class Event:
 
     index: int  # which choice (sequence) of the request
     token: Token | None = None  # a new token; None on the closing event
-    piece: str = ""  # the token's own text (for logprobs); '' unless the request asked for it
+    piece: bytes = b""  # the token's own bytes (for logprobs); b'' unless the request asked for them
+    top_pieces: list[bytes] = field(default_factory=list)  # the same for each of token.top; [] where unknown
     finish_reason: str | None = None  # "stop" or "length" on the closing event; None before
     error: BaseException | None = None  # set when this choice failed; it is then closed too
 
@@ -114,13 +128,24 @@ class Driver(Protocol):
     def close(self, grace_s: float = 0.0) -> None: ...
 
 
-@dataclass
+def _admissible(sequences: int, waiting: int, max_queue: int, retry_after: int, deadline: float | None) -> None:
+    """Raise why `sequences` more may not join a line of `waiting` (ShuttingDown, TooLarge, Busy)."""
+    if deadline is not None:
+        raise ShuttingDown()
+    if sequences > max_queue:
+        raise TooLarge(sequences, max_queue)
+    if waiting + sequences > max_queue:
+        raise Busy(waiting, retry_after)
+
+
+@dataclass(eq=False)  # jobs are compared by identity (removed from the line by `is`)
 class _Job:
     ticket: Ticket
     index: int
     seq: Sequence | None = None  # BatchDriver
     prompt: Prompt | None = None  # StreamDriver
     params: SamplingParams | None = None  # StreamDriver
+    claimed: bool = False  # StreamDriver: started by a worker, or dropped by a cancel
 
 
 class BatchDriver:
@@ -133,6 +158,7 @@ class BatchDriver:
         self._batch = new_batch()
         self._jobs: dict[Sequence, _Job] = {}  # jobs in the batch, by sequence
         self._waiting: deque[_Job] = deque()
+        self._held = 0  # places in the line held for requests whose prompts are being tokenized
         self._cond = threading.Condition()
         self._deadline: float | None = None  # set by drain(): finish by then, then cut
         self._thread = threading.Thread(target=self._run, name="parley-batch", daemon=True)
@@ -148,17 +174,27 @@ class BatchDriver:
 
     def submit(self, requests: list[tuple[Prompt, SamplingParams]], deliver: Callable[[Event], None],
                pieces: bool = False) -> Ticket:
-        """Queue one request's sequences (all or none). Raises ContextError, Busy or ShuttingDown."""
-        seqs = [self.engine.start(prompt, params) for prompt, params in requests]  # tokenize, check length
+        """Queue one request's sequences (all or none). Raises TooLarge, Busy, ShuttingDown or ContextError.
+
+        The line is checked, and places in it held, before the prompts are tokenized: under overload a
+        request is turned away cheaply."""
+        with self._cond:
+            _admissible(len(requests), len(self._waiting) + self._held, self.max_queue, self.retry_after,
+                        self._deadline)
+            self._held += len(requests)
+        try:
+            seqs = [self.engine.start(prompt, params) for prompt, params in requests]  # tokenize, check length
+        finally:
+            with self._cond:
+                self._held -= len(requests)
         ticket = Ticket(len(seqs), deliver, pieces)
         ticket.prompt_tokens = [len(seq.prompt_ids) for seq in seqs]
+        jobs = [_Job(ticket, i, seq=seq) for i, seq in enumerate(seqs)]
         with self._cond:
-            if self._deadline is not None:
+            if self._deadline is not None:  # drain() began while the prompts were tokenized
                 raise ShuttingDown()
-            if len(self._waiting) + len(seqs) > self.max_queue:
-                raise Busy(len(self._waiting), self.retry_after)
-            self._waiting.extend(_Job(ticket, i, seq=seq) for i, seq in enumerate(seqs))
-            ticket._on_cancel = self._wake
+            self._waiting.extend(jobs)
+            ticket._on_cancel = lambda: self._forget(jobs)
             self._cond.notify()
         return ticket
 
@@ -177,8 +213,13 @@ class BatchDriver:
         if self._thread.is_alive():
             self._thread.join()
 
-    def _wake(self) -> None:
+    def _forget(self, jobs: list[_Job]) -> None:
+        """A cancelled request leaves the line at once, so its place is free for others (and leaves the batch,
+        if it got there, before the next step)."""
         with self._cond:
+            for job in jobs:
+                if job in self._waiting:
+                    self._waiting.remove(job)
             self._cond.notify()
 
     def _run(self) -> None:
@@ -209,31 +250,45 @@ class BatchDriver:
                 self._deliver(job, token)
         self._sweep()
         if self._deadline is not None and time.monotonic() > self._deadline:
-            for seq in list(self._jobs):  # out of grace: end what is left, cleanly
-                self._finish(seq, "length")
+            for seq, job in list(self._jobs.items()):  # out of grace: end what is left, cleanly
+                self._finish(seq, Event(job.index, finish_reason="length"))
             return
         if self._jobs:
             for seq, token in zip(list(self._batch.seqs), self._batch.step()):
                 self._deliver(self._jobs[seq], token)
             self._sweep()
 
-    def _deliver(self, job: _Job, token: Token) -> None:
-        piece = self.engine.piece(token.id) if job.ticket.pieces else ""
-        job.ticket.post(Event(job.index, token=token, piece=piece))
+    def _deliver(self, job: _Job, token: Token | None) -> None:
+        """Post `token`; None (the sequence failed: seq.error) is reported by _sweep."""
+        if token is None:
+            return
+        try:
+            event = Event(job.index, token=token)
+            if job.ticket.pieces:
+                event.piece = self.engine.piece(token.id)
+                event.top_pieces = [self.engine.piece(i) for i in token.top_ids]
+        except Exception as e:  # this sequence alone ends; the others' tokens are unaffected
+            job.seq.error = e
+            return
+        job.ticket.post(event)
 
     def _sweep(self) -> None:
-        """Remove finished and cancelled sequences from the batch."""
+        """Remove finished, failed and cancelled sequences from the batch."""
         for seq, job in list(self._jobs.items()):
-            if seq.done:
-                self._finish(seq, seq.finish_reason)
+            if seq.error is not None:
+                if not isinstance(seq.error, ParleyError):
+                    log.error("generation failed for one sequence; the others go on", exc_info=seq.error)
+                self._finish(seq, Event(job.index, error=seq.error))
+            elif seq.done:
+                self._finish(seq, Event(job.index, finish_reason=seq.finish_reason))
             elif job.ticket.cancelled:
                 self._batch.remove(seq)
                 del self._jobs[seq]
 
-    def _finish(self, seq: Sequence, reason: str) -> None:
+    def _finish(self, seq: Sequence, closing: Event) -> None:
         job = self._jobs.pop(seq)
         self._batch.remove(seq)
-        job.ticket.post(Event(job.index, finish_reason=reason))
+        job.ticket.post(closing)
 
 
 class StreamDriver:
@@ -260,17 +315,31 @@ class StreamDriver:
         for _, params in requests:
             params.check()
         ticket = Ticket(len(requests), deliver, pieces=False)  # remote tokens have no ids to decode
+        jobs = [_Job(ticket, i, prompt=prompt, params=params) for i, (prompt, params) in enumerate(requests)]
         with self._lock:
-            if self._deadline is not None:
-                raise ShuttingDown()
-            if self.waiting + len(requests) > self.max_queue:
-                raise Busy(self.waiting, self.retry_after)
+            _admissible(len(requests), self.waiting, self.max_queue, self.retry_after, self._deadline)
             self._pending += len(requests)
-        for i, (prompt, params) in enumerate(requests):
-            self._pool.submit(self._stream, _Job(ticket, i, prompt=prompt, params=params))
+        ticket._on_cancel = lambda: self._forget(jobs)
+        for job in jobs:
+            self._pool.submit(self._stream, job)
         return ticket
 
+    def _claim(self, job: _Job) -> bool:
+        """True for the first caller only: the worker that starts `job`, or `_forget` that drops it."""
+        with self._lock:
+            claimed, job.claimed = job.claimed, True
+            return not claimed
+
+    def _forget(self, jobs: list[_Job]) -> None:
+        """A cancelled request's jobs that have not started leave the line at once."""
+        for job in jobs:
+            if self._claim(job):
+                with self._lock:
+                    self._pending -= 1
+
     def _stream(self, job: _Job) -> None:
+        if not self._claim(job):  # cancelled while it waited: _forget has counted it out
+            return
         ticket, tokens, reason, sent = job.ticket, self.stream(job.prompt, job.params), "stop", 0
         try:
             if self._deadline is not None:

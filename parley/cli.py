@@ -352,14 +352,18 @@ def train(
 
 @app.command()
 def export(
-    run_dir: Path = typer.Argument(..., help="A run directory (or its final/ directory, or any LoRA adapter dir)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory to write the merged model to."),
+    source: str = typer.Argument(..., help="A run directory (or its final/), a LoRA adapter or model directory; "
+                                 "with --format gguf also smollm2 or a hub id."),
+    out: Path = typer.Option(..., "--out", "-o", help="The directory (--format hf) or .gguf file (--format gguf) to write."),
+    format: str = typer.Option("hf", "--format", help="hf: a save_pretrained directory; gguf: one file for llama.cpp, "
+                               "Ollama and LM Studio, with an Ollama Modelfile beside it (LoRA merged first)."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="With --format gguf: f16 (default), q8_0 or q4_0."),
     merge_lora: bool = typer.Option(False, "--merge-lora", help="Fold the LoRA adapter into the base weights."),
 ) -> None:
-    """Write a run's model as a standalone save_pretrained directory (transformers, vLLM, GGUF converters)."""
+    """Write a run's model as a standalone save_pretrained directory (transformers, vLLM) or a GGUF file (llama.cpp, Ollama)."""
     from parley.train.export import export as export_model
 
-    print(export_model(run_dir, out, merge_lora=merge_lora))
+    print(export_model(source, out, merge_lora=merge_lora, format=format, quant=quant))
 
 
 @app.command()
@@ -371,6 +375,8 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     api_key: list[str] = typer.Option([], "--api-key", help="Require this Bearer key (repeatable; also "
                                       "PARLEY_API_KEYS=k1,k2)."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", help="Also answer requests for this Host "
+                                           "name (repeatable; * for any): the name clients use for this server."),
     served_name: Optional[str] = typer.Option(None, help="The model id clients send; default: --model."),
     max_batch: int = typer.Option(8, help="Requests decoded together in one batch."),
     max_queue: int = typer.Option(64, help="Requests that may wait for a batch slot before 429."),
@@ -385,7 +391,7 @@ def serve(
 
     run(ServeOptions(
         model=model, base_url=base_url, host=host, port=port, served_name=served_name,
-        api_keys=list(api_key) or api_keys_from_env(), max_batch=max_batch, max_queue=max_queue,
+        api_keys=list(api_key) or api_keys_from_env(), allowed_hosts=list(allowed_host), max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, grace_s=grace, device=device, dtype=dtype, compile=compile,
     ))
 
@@ -394,7 +400,9 @@ def main() -> None:
     try:
         app()
     except ParleyError as e:
-        print(f"parley: error: {e}", file=sys.stderr)
+        from parley.printable import printable  # the message may quote a remote service or a file
+
+        print(f"parley: error: {printable(str(e))}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

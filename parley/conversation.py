@@ -8,8 +8,11 @@ One rule, used by the chat, the server and data preparation alike:
   result says so.
 
 Token counts are exact: every candidate is rendered with the chat template and tokenized, since
-templates add tokens around each message that a per-message count would miss. How much room to
-leave for the reply is `reply_room` (the engines' `fit` use it; chat and the server alike).
+templates add tokens around each message that a per-message count would miss. The number of turns
+to keep is found by galloping and bisecting, so a long history costs O(log turns) renders, not one
+per dropped turn; that relies on fewer whole turns never rendering to more tokens, which holds for
+templates that render each message in turn. How much room to leave for the reply is `reply_room`
+(the engines' `fit` use it; chat and the server alike).
 """
 
 from __future__ import annotations
@@ -53,15 +56,37 @@ def fit_messages(
         return len(encode_chat(tokenizer, template, candidate, add_generation_prompt))
 
     system, turns = _split(messages)
-    dropped: list[dict] = []
-    while True:
-        kept = system + [m for turn in turns for m in turn]
-        tokens = count(kept)
-        if tokens <= budget:
-            return Fitted(kept, tokens, dropped)
-        if len(turns) <= 1:
-            break
-        dropped += turns.pop(0)
+
+    def keeping(n: int) -> list[dict]:  # the system messages and the newest n turns
+        return system + [m for turn in turns[len(turns) - n:] for m in turn]
+
+    counted: dict[int, int] = {}
+
+    def fits(n: int) -> bool:
+        counted[n] = count(keeping(n))
+        return counted[n] <= budget
+
+    # Keep the most turns that fit. Fewer turns render to fewer tokens, so rather than dropping one
+    # turn and re-rendering everything each time (quadratic in a long history), try all, then gallop
+    # from the newest turn (1, 2, 4, ... turns) and bisect: O(log n) renders, each no longer than what
+    # is kept (plus one of the whole history).
+    if fits(len(turns)) or len(turns) <= 1:
+        good = len(turns)
+    else:
+        good, bad = 0, len(turns)
+        n = 1
+        while n < bad and fits(n):
+            good, n = n, n * 2
+        bad = min(bad, n)
+        while bad - good > 1:
+            mid = (good + bad) // 2
+            good, bad = (mid, bad) if fits(mid) else (good, mid)
+        good = max(good, 1)  # none fit: the newest turn is cut below
+    dropped = [m for turn in turns[: len(turns) - good] for m in turn]
+    tokens = counted[good] if good in counted else count(keeping(good))
+    if tokens <= budget:
+        return Fitted(keeping(good), tokens, dropped)
+    turns = turns[len(turns) - good:]
 
     alone = count(system + [{"role": "user", "content": ""}])
     if alone > budget:

@@ -20,6 +20,12 @@ of a chat, an API client resending its history) prefills only what is new.
 
 Detokenizing is incremental (only the newest tokens are decoded), so a reply costs linear time.
 
+Failures stay with their sequence: sampling is done in fp32 with temperatures below `SAMPLING_EPS`
+greedy (as vLLM does) and repetition penalties at least that, so valid parameters never give NaN
+probabilities; and whatever one sequence raises while its token is chosen, its stop strings checked or
+its text decoded ends that sequence alone (`Sequence.error`, `pick` returns None), never its batch.
+When several stop strings appear at once, the reply ends at the earliest in the text.
+
 Encoder-decoder models (T5, BART) decode in a `parley.seq2seq.Seq2SeqBatch` instead (`new_batch()` chooses).
 
 Limits: prefix reuse and batched rows are for decoder-only models; an encoder-decoder batch steps its
@@ -32,6 +38,7 @@ import dataclasses
 import inspect
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol, runtime_checkable
 
@@ -43,6 +50,7 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from parley.batching import BatchDriver, Driver
 from parley.conversation import Fitted, fit_messages, reply_room
@@ -55,6 +63,16 @@ from parley.templates import encode_chat
 
 PREFILL_CHUNK = 512  # prompt tokens fed per forward: bounds the (tokens x context) mask and activations
 PREFIX_CACHE_MB = 256  # memory kept for finished sequences' keys and values (automatic prefix caching)
+# Temperatures below this are greedy, as in vLLM (its _SAMPLING_EPS); repetition penalties below it act
+# as it. Dividing fp32 logits by less overflows to inf, and softmax of inf is NaN.
+SAMPLING_EPS = 1e-5
+
+# Stop strings: OpenAI's API allows "up to 4 sequences", and so does our OpenAI route; a stop string
+# marks a boundary (a tag, a line, a delimiter), for which 256 characters is ample, while each one
+# costs a scan of the reply's tail per token (see _held_back). Seeds: torch and vLLM take int64.
+MAX_STOPS = 4
+MAX_STOP_CHARS = 256
+MAX_SEED = 2**63 - 1
 
 Prompt = str | list[dict]  # a raw prompt (used as is) or chat messages (rendered with the template)
 
@@ -63,7 +81,7 @@ Prompt = str | list[dict]  # a raw prompt (used as is) or chat messages (rendere
 class SamplingParams:
     """How to pick each next token. Validated by `check()`; errors name the key and its allowed range."""
 
-    temperature: float = 0.7  # 0 = greedy (always the most likely token)
+    temperature: float = 0.7  # 0 (or below SAMPLING_EPS) = greedy (always the most likely token)
     top_p: float = 1.0  # nucleus sampling: keep the smallest set of tokens with this much probability
     top_k: int = 0  # keep only the k most likely tokens; 0 = off
     repetition_penalty: float = 1.0  # >1 discourages tokens already in the prompt or reply (CTRL-style)
@@ -73,6 +91,8 @@ class SamplingParams:
     top_logprobs: int = 0  # how many likely alternatives to report beside each token (0-20)
 
     def check(self) -> SamplingParams:
+        """Every limit in one place: the CLI, /params, the OpenAI routes and stored conversations all
+        pass through here, so a value refused in one is refused in all. Raises ParamError naming the key."""
         rules = {
             "temperature": (0 <= self.temperature <= 5, "between 0 and 5"),
             "top_p": (0 < self.top_p <= 1, "in (0, 1]"),
@@ -80,10 +100,12 @@ class SamplingParams:
             "repetition_penalty": (0 < self.repetition_penalty <= 10, "in (0, 10]"),
             "max_new_tokens": (self.max_new_tokens >= 1, "at least 1"),
             "top_logprobs": (0 <= self.top_logprobs <= 20, "between 0 and 20"),
+            "seed": (self.seed is None or 0 <= self.seed <= MAX_SEED, "None or between 0 and 2**63-1"),
         }
         for key, (ok, allowed) in rules.items():
             if not ok:
-                raise ConfigError(f"{key}={getattr(self, key)} is out of range: it must be {allowed}")
+                raise ParamError(key, f"{key}={getattr(self, key)} is out of range: it must be {allowed}")
+        _check_stops(self.stop)
         return self
 
     def updated(self, **values: str | float | int | list | None) -> SamplingParams:
@@ -95,6 +117,28 @@ class SamplingParams:
                 raise ConfigError(f"unknown parameter {key!r}: choose from {', '.join(known)}")
             changes[key] = _convert(key, value, getattr(self, key)) if isinstance(value, str) else value
         return dataclasses.replace(self, **changes).check()
+
+
+class ParamError(ConfigError):
+    """A SamplingParams value out of its range; `key` names the field (the HTTP API says params.<key>)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _check_stops(stops) -> None:
+    """Each stop string is searched for, and its possible start held back, at every token, on the
+    thread that decodes for everyone: so a few, short, non-empty ones (an empty one would end every
+    reply at once)."""
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise ParamError("stop", "stop must be a list of strings")
+    if len(stops) > MAX_STOPS:
+        raise ParamError("stop", f"stop has {len(stops)} strings; at most {MAX_STOPS} are allowed")
+    for s in stops:
+        if not s or len(s) > MAX_STOP_CHARS:
+            raise ParamError("stop", f"stop strings must be 1 to {MAX_STOP_CHARS} characters long; "
+                                     f"one is {len(s)}")
 
 
 def _convert(key: str, text: str, current):
@@ -117,6 +161,7 @@ class Token:
     text: str  # text this token releases into the reply ('' while held back: a partial character or stop string)
     logprob: float  # natural-log probability under the model, before temperature and top-p/k
     top: list[tuple[str, float]] = field(default_factory=list)  # likely alternatives (text, logprob), best first
+    top_ids: list[int] = field(default_factory=list)  # the alternatives' token ids; [] where unknown (remote)
 
 
 class Sequence:
@@ -128,37 +173,50 @@ class Sequence:
         self.ids: list[int] = []  # generated token ids
         self.text = ""  # reply text released to the caller
         self.finish_reason: str | None = None  # "stop" (eos or stop string) or "length"
+        self.error: Exception | None = None  # why choosing a token failed; the sequence then ends, alone
         self.max_new_tokens = min(params.max_new_tokens, engine.loaded.context_window - len(prompt_ids))
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
         self.generator = torch.Generator(device=engine.loaded.device).manual_seed(seed)
         self.stops = list(params.stop) + engine.loaded.stop_strings
-        self.processors = _processors(params)
+        self.greedy = params.temperature < SAMPLING_EPS
+        self.processors = _processors(params, self.greedy)
         self._full = ""  # all complete text decoded so far (held-back text included)
         self._prefix = self._read = 0  # token offsets of the incremental detokenizer (see _decoded)
 
     @property
     def done(self) -> bool:
-        return self.finish_reason is not None
+        return self.finish_reason is not None or self.error is not None
 
-    def pick(self, logits: torch.Tensor) -> Token:
-        """Choose the next token from this sequence's logits (V,), record it, and release text."""
+    def pick(self, logits: torch.Tensor) -> Token | None:
+        """Choose the next token from this sequence's logits (V,), record it, and release text.
+
+        None when that failed (sampling, stop strings or detokenizing raised): the error is kept in
+        `self.error` and the sequence is done, so the others in its batch carry on untouched."""
+        try:
+            return self._pick(logits)
+        except Exception as e:
+            self.error = e
+            return None
+
+    def _pick(self, logits: torch.Tensor) -> Token:
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        scores = logits.float()[None]
+        scores = logits.float()[None]  # fp32 whatever the model's dtype (fp16 overflows at 65504)
         if self.processors:  # the repetition penalty needs the history; the warpers ignore it
             history = torch.tensor([self.prompt_ids + self.ids], device=logits.device)
             scores = self.processors(history, scores)
         scores = scores[0]
-        if self.params.temperature == 0:
+        if self.greedy:
             token_id = int(torch.argmax(scores))
         else:
             probs = torch.softmax(scores, dim=-1)
             token_id = int(torch.multinomial(probs, 1, generator=self.generator))
-        top = []
+        top, top_ids = [], []
         if self.params.top_logprobs:
             values, ids = torch.topk(logprobs, self.params.top_logprobs)
+            top_ids = ids.tolist()
             decode = self.engine.loaded.tokenizer.decode
-            top = [(decode([int(i)]), float(v)) for v, i in zip(values, ids)]
-        return Token(token_id, self._release(token_id), float(logprobs[token_id]), top)
+            top = [(decode([i]), float(v)) for v, i in zip(values, top_ids)]
+        return Token(token_id, self._release(token_id), float(logprobs[token_id]), top, top_ids)
 
     def _release(self, token_id: int) -> str:
         """Append `token_id` and return the text that is now safe to show."""
@@ -167,11 +225,12 @@ class Sequence:
             return self._flush(self._decoded())
         self.ids.append(token_id)
         full = self._decoded()
-        for stop in self.stops:  # a stop string ends the reply and is not part of it
-            cut = full.find(stop, max(0, len(self.text) - len(stop)))
-            if cut != -1:
-                self.finish_reason = "stop"
-                return self._flush(full[:cut])
+        # A stop string ends the reply and is not part of it; when several have appeared, the earliest.
+        cuts = [full.find(stop, max(0, len(self.text) - len(stop))) for stop in self.stops]
+        cut = min((c for c in cuts if c != -1), default=-1)
+        if cut != -1:
+            self.finish_reason = "stop"
+            return self._flush(full[:cut])
         if len(self.ids) >= self.max_new_tokens:
             self.finish_reason = "length"
             return self._flush(full)
@@ -206,12 +265,13 @@ def _held_back(text: str, stops: list[str]) -> int:
     return longest
 
 
-def _processors(params: SamplingParams) -> LogitsProcessorList:
-    # transformers' own processors, so the knobs mean exactly what they mean in `generate`.
+def _processors(params: SamplingParams, greedy: bool) -> LogitsProcessorList:
+    # transformers' own processors, so the knobs mean exactly what they mean in `generate`. With both
+    # knobs at least SAMPLING_EPS, finite fp32 logits stay finite: |logit| * 1e10 is far below 3e38.
     chain = LogitsProcessorList()
     if params.repetition_penalty != 1.0:
-        chain.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
-    if params.temperature > 0:
+        chain.append(RepetitionPenaltyLogitsProcessor(max(params.repetition_penalty, SAMPLING_EPS)))
+    if not greedy:
         if params.temperature != 1.0:
             chain.append(TemperatureLogitsWarper(params.temperature))
         if params.top_k > 0:
@@ -233,12 +293,12 @@ class Batch:
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def add(self, seq: Sequence) -> Token:
-        """Prefill `seq`, pick its first token, and keep it in the batch."""
+    def add(self, seq: Sequence) -> Token | None:
+        """Prefill `seq`, pick its first token, and keep it in the batch (None: it failed, see Sequence.pick)."""
         return self.add_many([seq])[0]
 
     @torch.inference_mode()
-    def add_many(self, seqs: list[Sequence]) -> list[Token]:
+    def add_many(self, seqs: list[Sequence]) -> list[Token | None]:
         """Prefill `seqs` together (from a stored prefix where one matches) and pick each one's first token."""
         first = len(self.seqs)
         reused = []
@@ -253,8 +313,8 @@ class Batch:
         return [seq.pick(row) for seq, row in zip(seqs, logits)]
 
     @torch.inference_mode()
-    def step(self) -> list[Token]:
-        """Advance every sequence by one token; tokens come back in `self.seqs` order."""
+    def step(self) -> list[Token | None]:
+        """Advance every sequence by one token; tokens come back in `self.seqs` order (None where one failed)."""
         device = self.engine.loaded.device
         last = torch.tensor([[s.ids[-1]] for s in self.seqs], device=device)  # (B, 1)
         positions = torch.tensor(self.lengths, device=device)[:, None]  # (B, 1): each row's own next position
@@ -359,6 +419,9 @@ class LocalEngine:
         if compile and loaded.device.type == "cpu" and not getattr(base.config, "is_encoder_decoder", False):
             self.compiled = CompiledStep(model, self.dtype, loaded.context_window, self.keeps_logits)
         self.first_capacity = self.compiled.capacity if self.compiled else None  # RowCache columns at first
+        # Byte-level BPE (GPT-2, Llama 3, SmolLM2) spells each byte as one of 256 characters (see piece()).
+        decoder = getattr(getattr(loaded.tokenizer, "backend_tokenizer", None), "decoder", None)
+        self._byte_level = "ByteLevel" in repr(decoder)
 
     @property
     def spec(self) -> str:
@@ -397,10 +460,12 @@ class LocalEngine:
         batch = self.new_batch()
         token = batch.add(seq)
         try:
-            yield token
-            while not seq.done:
-                (token,) = batch.step()
+            while token is not None:
                 yield token
+                if seq.done:
+                    return
+                (token,) = batch.step()
+            raise seq.error
         finally:  # also when the caller stops early: what was computed goes to the prefix store
             batch.remove(seq)
 
@@ -416,13 +481,24 @@ class LocalEngine:
         budget = self.loaded.context_window - reply_room(self.loaded.context_window, max_new_tokens)
         return fit_messages(messages, self.loaded.tokenizer, self.loaded.template, budget)
 
-    def piece(self, token_id: int) -> str:
-        """One token's own text (what logprobs report), which may be part of a character."""
-        return self.loaded.tokenizer.decode([token_id])
+    def piece(self, token_id: int) -> bytes:
+        """One token's own bytes (what logprobs report), which may be part of a UTF-8 character: a
+        character split over two tokens gives each its own slice, as OpenAI reports them."""
+        tokenizer = self.loaded.tokenizer
+        name = tokenizer.convert_ids_to_tokens(token_id)
+        if self._byte_level and all(c in _BYTE_OF_CHAR for c in name):
+            return bytes(_BYTE_OF_CHAR[c] for c in name)
+        if match := _BYTE_TOKEN.fullmatch(name):
+            return bytes([int(match[1], 16)])
+        return tokenizer.decode([token_id]).encode()
 
     def driver(self, max_batch: int = 8, max_queue: int = 64) -> BatchDriver:
         """One thread decoding up to `max_batch` sequences together (batching.BatchDriver)."""
         return BatchDriver(self, self.new_batch, max_batch, max_queue)
+
+
+_BYTE_OF_CHAR = {char: byte for byte, char in bytes_to_unicode().items()}  # byte-level BPE's alphabet, reversed
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte-fallback tokens
 
 
 def _sliding_window(config) -> int | None:

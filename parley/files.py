@@ -1,6 +1,7 @@
 """Atomic writes: readers see the old file (or directory) or the new one, never half of one.
 
     write_atomic(path, text_or_bytes)       one file: temp file beside it, fsync, rename, fsync the folder
+    with atomic_file(path) as tmp: ...      the same for a writer that needs a file name (e.g. GGUF's)
     with atomic_dir(out) as tmp: ...        a directory built in `tmp`, renamed to `out` only if the block succeeds
     replace_dir(tmp, out)                   the rename step alone, for a `tmp` whose name callers must agree on
                                             (every process of a distributed checkpoint writes into it)
@@ -27,16 +28,21 @@ TRASH_PREFIX = ".trash-"  # replaced directories on their way out
 
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write `data` (text as UTF-8) to `path` so that readers see the old content or the new, never a mix."""
+    with atomic_file(path) as tmp:
+        # O_EXCL with 0o666: a fresh file, with the permissions the umask gives any new file (mkstemp's are 0o600)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` for a writer that needs a real file (e.g. one that streams
+    arrays); when the block succeeds its content is fsynced and renamed to `path`, else deleted."""
     path = Path(path)
-    if isinstance(data, str):
-        data = data.encode()
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{secrets.token_hex(4)}")
-    # O_EXCL with 0o666: a fresh file, with the permissions the umask gives any new file (mkstemp's are 0o600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with open(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -5,16 +5,18 @@ use it, so a conversation continues the same way from either.
     session = Session(engine, Store(), model="smollm2", system="Be brief.")   # stored on its first message
     session = Session.resume(engine, store, "3f2a")                            # an id or a unique prefix
     fitted = session.fit(session.turn("Hi!"))      # the history plus the new message, fitted (engine.fit)
-    session.commit("Hi!")                          # store the user's message once its reply is underway
+    session.commit("Hi!")                          # store the user's message once its reply is queued
     ...engine.stream(fitted.messages, session.params)...
-    session.add("assistant", reply)
+    session.answer(reply)                          # store the reply
 
 The fit keeps `conversation.reply_room(window, max_new_tokens)` tokens free for the reply (all of
 max_new_tokens, at most half the window) and drops the oldest turns first (conversation.py).
-`turn(None)` / `commit(None)` regenerate: the history up to its last user message, and the replies
-after it deleted from the store.
+Regenerating is `turn(None)` (the history up to its last user message) and then `answer(reply)`,
+which replaces the replies after that message in one transaction, only if the stored conversation
+still ends where this session last saw it (else store.ConversationChanged, and nothing changes):
+until a new reply exists, the old one stays, and a message another client added is never deleted.
 
-Limits: one writer per conversation; two sessions on one conversation interleave their turns.
+Limits: two sessions on one conversation append their turns interleaved; only regenerating checks.
 """
 
 from __future__ import annotations
@@ -31,12 +33,22 @@ class Session:
     """One conversation: its messages, system prompt and sampling parameters, mirrored into the store."""
 
     def __init__(self, engine: Engine, store: Store, model: str, system: str | None = None,
-                 params: SamplingParams | None = None, id: str | None = None, messages: list[dict] | None = None):
+                 params: SamplingParams | None = None, id: str | None = None, messages: list[dict] | None = None,
+                 last_id: int | None = None):
         self.engine, self.store, self.model = engine, store, model
         self.system = system or None
         self.params = params or SamplingParams()
         self.id = id  # None until the first message, so an empty session leaves no trace
         self.messages: list[dict] = list(messages or [])
+        self.last_id = last_id  # the store's id of the last message: what regenerating checks
+        self.regenerating = False  # set by turn(None): the next answer replaces the last replies
+
+    @classmethod
+    def from_store(cls, engine: Engine, store: Store, cid: str, params: SamplingParams) -> Session:
+        """The stored conversation `cid` (its model, system prompt and messages) with `params`."""
+        stored = store.get(cid)
+        messages, last_id = store.thread(cid)
+        return cls(engine, store, stored.model, stored.system, params, id=cid, messages=messages, last_id=last_id)
 
     @classmethod
     def resume(cls, engine: Engine, store: Store, ref: str, system: str | None = None,
@@ -47,8 +59,11 @@ class Session:
         known = {f.name for f in dataclasses.fields(SamplingParams)}
         # Keys another Parley version stored and this one does not know are left out, not fatal.
         merged = {**{k: v for k, v in (stored.params or {}).items() if k in known}, **(params or {})}
-        return cls(engine, store, engine.spec, system if system is not None else stored.system,
-                   SamplingParams().updated(**merged), id=cid, messages=store.messages(cid))
+        session = cls.from_store(engine, store, cid, SamplingParams().updated(**merged))
+        session.model = engine.spec
+        if system is not None:
+            session.system = system or None
+        return session
 
     def history(self) -> list[dict]:
         return self._system() + self.messages
@@ -56,6 +71,7 @@ class Session:
     def turn(self, text: str | None) -> list[dict]:
         """What the next reply answers: the history plus `text`, or (None: regenerate) the history up
         to its last user message."""
+        self.regenerating = text is None
         if text is not None:
             return self.history() + [{"role": "user", "content": text}]
         keep = self._answered()
@@ -67,23 +83,28 @@ class Session:
         """`messages` (default: the history) fitted to the context window with room for the reply."""
         return self.engine.fit(self.history() if messages is None else messages, self.params.max_new_tokens)
 
-    def commit(self, text: str | None) -> None:
-        """Store the user's `text`, or (None) delete the replies after the last user message."""
-        if text is not None:
-            self.add("user", text)
-            return
-        self.messages = self.messages[: self._answered()]
-        if self.id:
-            self.store.truncate(self.id, len(self.messages))
+    def commit(self, text: str) -> None:
+        """Store the user's `text` (once its reply is queued, so a failed request leaves no trace)."""
+        self.add("user", text)
+
+    def answer(self, content: str, **meta) -> None:
+        """Store the reply: appended, or after turn(None) in place of the replies to the last user
+        message (store.replace_replies: ConversationChanged if the conversation moved on meanwhile)."""
+        if not (self.regenerating and self.id):
+            return self.add("assistant", content, **meta)
+        keep = self._answered()
+        self.last_id = self.store.replace_replies(self.id, keep, self.last_id, content, meta=meta or None)
+        self.messages = self.messages[:keep] + [{"role": "assistant", "content": content}]
+        self.regenerating = False
 
     def add(self, role: str, content: str, **meta) -> None:
         if self.id is None:
             self.id = self.store.new_conversation(model=self.model, system=self.system, params=self.stored_params())
+        self.last_id = self.store.add_message(self.id, role, content, meta=meta or None)
         self.messages.append({"role": role, "content": content})
-        self.store.add_message(self.id, role, content, meta=meta or None)
 
     def reset(self) -> None:
-        self.id, self.messages = None, []
+        self.id, self.messages, self.last_id, self.regenerating = None, [], None, False
 
     def set_system(self, text: str | None) -> None:
         self.system = text or None

@@ -71,6 +71,15 @@ class ConversationNotFound(ParleyError):
         super().__init__(f"no conversation '{conversation_id}': `parley history` lists them")
 
 
+class ConversationChanged(ParleyError):
+    """The conversation no longer ends where a regenerated reply expected it to (HTTP 409)."""
+
+    def __init__(self, conversation_id: str):
+        super().__init__(f"conversation '{conversation_id}' changed while its reply was regenerated (a "
+                         "message was added or the reply replaced elsewhere); the new reply was not stored: "
+                         "reload the conversation and try again")
+
+
 class AmbiguousConversation(ParleyError):
     """An id prefix that matches more than one conversation."""
 
@@ -213,23 +222,49 @@ class Store:
 
     def add_message(self, conversation_id: str, role: str, content: str, *,
                     meta: dict | None = None) -> int:
+        """Append a message; returns its id."""
         with self._write() as conn:
-            self._touch(conn, conversation_id)
-            cur = conn.execute(
-                "INSERT INTO messages (conversation_id, role, content, meta, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (conversation_id, role, content, None if meta is None else json.dumps(meta),
-                 time.time()))
-            if role == "user" and _title_from(content):
-                conn.execute("UPDATE conversations SET title = ? WHERE id = ? AND title = ''",
-                             (_title_from(content), conversation_id))
-            return cur.lastrowid
+            return self._insert(conn, conversation_id, role, content, meta)
+
+    def replace_replies(self, conversation_id: str, keep: int, last_id: int | None, content: str, *,
+                        meta: dict | None = None) -> int:
+        """Regenerating: in one transaction, delete every message after the first `keep` and append
+        the new assistant reply, but only while the conversation still ends with message `last_id`
+        (None: no messages), as when the reply was asked for; otherwise ConversationChanged and
+        nothing is touched. Returns the reply's id."""
+        with self._write() as conn:
+            ids = [row[0] for row in conn.execute(
+                "SELECT id FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))]
+            if (ids[-1] if ids else None) != last_id:
+                self._touch(conn, conversation_id)  # a deleted conversation is ConversationNotFound
+                raise ConversationChanged(conversation_id)
+            # Insert before deleting: SQLite reuses the largest rowid once it is deleted, and a reply
+            # that took its predecessor's id would let a stale `last_id` pass the check above.
+            reply = self._insert(conn, conversation_id, "assistant", content, meta)
+            conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids[max(0, keep):]])
+            return reply
+
+    def _insert(self, conn: sqlite3.Connection, conversation_id: str, role: str, content: str,
+                meta: dict | None) -> int:
+        self._touch(conn, conversation_id)
+        cur = conn.execute(
+            "INSERT INTO messages (conversation_id, role, content, meta, created_at) VALUES (?, ?, ?, ?, ?)",
+            (conversation_id, role, content, None if meta is None else json.dumps(meta), time.time()))
+        if role == "user" and _title_from(content):
+            conn.execute("UPDATE conversations SET title = ? WHERE id = ? AND title = ''",
+                         (_title_from(content), conversation_id))
+        return cur.lastrowid
 
     def messages(self, conversation_id: str) -> list[dict]:
+        return self.thread(conversation_id)[0]
+
+    def thread(self, conversation_id: str) -> tuple[list[dict], int | None]:
+        """The messages, and the id of the last one (None if none), read together: what a later
+        `replace_replies` checks is still the end of the conversation."""
         self.get(conversation_id)
-        rows = self._rows("SELECT role, content FROM messages WHERE conversation_id = ? "
+        rows = self._rows("SELECT id, role, content FROM messages WHERE conversation_id = ? "
                           "ORDER BY id", (conversation_id,))
-        return [{"role": role, "content": content} for role, content in rows]
+        return [{"role": role, "content": content} for _, role, content in rows], (rows[-1][0] if rows else None)
 
     def get(self, conversation_id: str) -> Conversation:
         rows = self._rows(f"{_SELECT} WHERE c.id = ?", (conversation_id,))
@@ -245,14 +280,6 @@ class Store:
     def rename(self, conversation_id: str, title: str) -> None:
         with self._write() as conn:
             self._touch(conn, conversation_id, "title = ?, ", (title,))
-
-    def truncate(self, conversation_id: str, keep: int) -> None:
-        """Delete every message after the first `keep` (regenerating a reply replaces the old one)."""
-        with self._write() as conn:
-            self._touch(conn, conversation_id)
-            conn.execute("DELETE FROM messages WHERE conversation_id = ? AND id NOT IN (SELECT id FROM "
-                         "messages WHERE conversation_id = ? ORDER BY id LIMIT ?)",
-                         (conversation_id, conversation_id, max(0, keep)))
 
     def delete(self, conversation_id: str) -> None:
         with self._write() as conn:

@@ -8,6 +8,12 @@ The conversation itself (history, fit to the context window, stored turns) is a 
 the same one the server's conversations API uses; this module only draws it. Every turn is written
 to the SQLite store as it happens, so a crash loses at most the reply in progress. Ctrl-C stops the
 reply being written (the partial reply is kept) and never the session; Ctrl-D or /quit leaves.
+
+Text that is not ours (replies, program output, file names, titles, parameters, errors) is printed
+as plain text, never as Rich markup, and without escape sequences or control characters (`plain`,
+`printable`), so it can neither crash the chat nor drive the terminal (clipboard writes, window
+titles, cursor moves). Limit: `-p` streams chunk by chunk, so a sequence the model splits across
+chunks loses its control characters (it is inert) but its printable rest may show.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.table import Table
+from rich.text import Text
 
 from parley import backend
 from parley.engine import Engine, SamplingParams
 from parley.errors import ConfigError, ParleyError
 from parley.files import write_atomic
+from parley.printable import plain, printable
 from parley.session import Session
 from parley.store import Store
 
@@ -74,7 +82,7 @@ def run_chat(options: ChatOptions, once: str | None = None) -> None:
         raise ConfigError("the prompt is empty: pass some text with -p or on standard input")
     SamplingParams().updated(**options.params)
     console = Console(stderr=True)
-    with console.status(f"loading {options.model}…", spinner="dots"):
+    with console.status(plain(f"loading {options.model}…"), spinner="dots"):
         engine = backend.open(options.model, device=options.device, dtype=options.dtype, base_url=options.base_url,
                               compile=options.compile and once is None)
     session = open_session(engine, Store(), options)
@@ -93,7 +101,7 @@ def _answer_once(session: Session, question: str) -> None:
     try:
         for token in session.engine.stream(fitted.messages, session.params):
             reply += token.text
-            sys.stdout.write(token.text)
+            sys.stdout.write(printable(token.text))  # a chunk at a time: a cut sequence loses its ESC
             sys.stdout.flush()
     finally:
         sys.stdout.write("\n")
@@ -109,11 +117,9 @@ def _interactive(session: Session, console: Console) -> None:
 
     prompt = PromptSession(history=FileHistory(str(_input_history(parley_home()))))
     resumed = f" · resumed {session.id} ({len(session.messages)} messages)" if session.messages else ""
-    console.print(
-        f"[bold]parley[/bold] · {session.engine.spec} · "
-        f"{session.engine.context_window}-token context{resumed} · /help for commands",
-        style="dim",
-    )
+    console.print(Text.assemble(
+        ("parley", "bold"), plain(f" · {session.engine.spec} · {session.engine.context_window}-token context"
+                                  f"{resumed} · /help for commands"), style="dim"))
     while True:
         try:
             text = prompt.prompt("you> ", multiline=False, key_bindings=_newline_keys())
@@ -131,14 +137,14 @@ def _interactive(session: Session, console: Console) -> None:
             else:
                 _reply(session, console, text)
         except ParleyError as e:
-            console.print(f"[red]error:[/red] {e}")
+            console.print(Text.assemble(("error: ", "red"), plain(e)))
 
 
 def _reply(session: Session, console: Console, text: str) -> None:
     fitted = session.fit(session.turn(text))
     session.commit(text)
     if fitted.notice:
-        console.print(f"[yellow]{fitted.notice}[/yellow]")
+        console.print(plain(fitted.notice, "yellow"))
     reply, stopped = "", False
     stream = session.engine.stream(fitted.messages, session.params)
     with Live(console=console, auto_refresh=False, vertical_overflow="visible") as live:
@@ -147,12 +153,12 @@ def _reply(session: Session, console: Console, text: str) -> None:
             for token in stream:
                 reply += token.text
                 if time.monotonic() - last_draw > 0.05:
-                    live.update(Markdown(reply, code_theme=CODE_THEME), refresh=True)
+                    live.update(Markdown(printable(reply), code_theme=CODE_THEME), refresh=True)
                     last_draw = time.monotonic()
         except KeyboardInterrupt:
             stopped = True
             stream.close()
-        live.update(Markdown(reply, code_theme=CODE_THEME), refresh=True)
+        live.update(Markdown(printable(reply), code_theme=CODE_THEME), refresh=True)
     if stopped:
         console.print("[dim](stopped)[/dim]")
     if reply:
@@ -175,12 +181,12 @@ def _command(session: Session, console: Console, line: str) -> str | None:
     elif name == "/params":
         if arg:
             session.set_params(**_parse_assignments(arg))
-        console.print(", ".join(f"{k}={v}" for k, v in vars(session.params).items()))
+        console.print(plain(", ".join(f"{k}={v}" for k, v in vars(session.params).items())))
     elif name == "/save":
-        console.print(f"[dim]saved to {_save(session, arg)}[/dim]")
+        console.print(plain(f"saved to {_save(session, arg)}", "dim"))
     elif name == "/load":
         _load(session, arg)
-        console.print(f"[dim]loaded {len(session.messages)} messages from {arg} as conversation {session.id}[/dim]")
+        console.print(plain(f"loaded {len(session.messages)} messages from {arg} as conversation {session.id}", "dim"))
     elif name == "/history":
         _show_turns(session, console)
     elif name == "/run":
@@ -260,7 +266,7 @@ def _run_last_code(session: Session, console: Console) -> None:
     style = {"passed": "green", "timed_out": "yellow"}.get(result.status, "red")
     output = (result.stdout + result.stderr).rstrip() or "(no output)"
     title = f"{result.status} in {result.seconds:.1f}s" + (f" · {result.message}" if result.message else "")
-    console.print(Panel(output, title=title, border_style=style, title_align="left"))
+    console.print(Panel(plain(output), title=plain(title), border_style=style, title_align="left"))
 
 
 def _show_turns(session: Session, console: Console) -> None:
@@ -268,14 +274,14 @@ def _show_turns(session: Session, console: Console) -> None:
         console.print("[dim]no messages yet[/dim]")
         return
     fitted = session.fit()
-    table = Table(title=f"conversation {session.id} · {fitted.tokens} of {session.engine.context_window} tokens")
+    table = Table(title=plain(f"conversation {session.id} · {fitted.tokens} of {session.engine.context_window} tokens"))
     for column in ("#", "role", "tokens", "in context", "text"):
         table.add_column(column)
     dropped = len(fitted.dropped)
     for i, m in enumerate(session.messages):
         tokens = session.engine.count([m], add_generation_prompt=False)  # with the template's markers
-        preview = m["content"].replace("\n", " ")
-        table.add_row(str(i + 1), m["role"], str(tokens), "no" if i < dropped else "yes", preview[:60])
+        preview = printable(m["content"].replace("\n", " "))
+        table.add_row(str(i + 1), m["role"], str(tokens), "no" if i < dropped else "yes", plain(preview[:60]))
     console.print(table)
 
 
@@ -310,7 +316,7 @@ def show_history(limit: int) -> None:
         table.add_column(column)
     for c in conversations:
         updated = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.updated_at))
-        table.add_row(c.id, updated, str(c.message_count), c.model, c.title)
+        table.add_row(c.id, updated, str(c.message_count), plain(c.model), plain(c.title))
     console.print(table)
 
 
@@ -319,9 +325,10 @@ def show_conversation(prefix: str) -> None:
     cid = store.resolve(prefix)
     conversation = store.get(cid)
     console = Console()
-    console.print(f"[bold]{conversation.title or cid}[/bold] · {cid} · {conversation.model}", style="dim")
+    console.print(Text.assemble(plain(conversation.title or cid, "bold"), plain(f" · {cid} · {conversation.model}")),
+                  style="dim")
     if conversation.system:
-        console.print(f"[dim]system: {conversation.system}[/dim]")
+        console.print(plain(f"system: {conversation.system}", "dim"))
     for m in store.messages(cid):
-        console.print(f"[bold]{m['role']}>[/bold]")
-        console.print(Markdown(m["content"], code_theme=CODE_THEME))
+        console.print(Text(f"{m['role']}>", style="bold"))
+        console.print(Markdown(printable(m["content"]), code_theme=CODE_THEME))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from tiny_models import tiny_llama
 
@@ -81,6 +83,13 @@ def test_bad_input_is_one_line_without_traceback(args, message):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_tiny_temperature_is_greedy_not_a_traceback(tiny_dir):
+    args = ("chat", "--model", tiny_dir, "-p", "hi", "--max-new-tokens", "6")
+    tiny = run(*args, "--temperature", "1e-300")  # once NaN probabilities and a traceback
+    assert tiny.returncode == 0, tiny.stderr
+    assert tiny.stdout == run(*args, "--temperature", "0").stdout  # below 1e-5 a temperature is greedy
+
+
 def test_overlong_input_is_cut_with_a_notice(tiny_dir):
     # The tiny model's window is 256 tokens; this question is far longer, so its start is cut.
     long = "filler words " * 400 + "the real question?"
@@ -102,6 +111,7 @@ def test_slash_commands_and_errors_keep_the_session(tmp_path, tiny_dir):
     assert "/params" in say(child, "/help")
     assert "unknown command /bogus" in say(child, "/bogus")
     assert "not a valid float" in say(child, "/params temperature=warm")
+    assert "seed=1180591620717411303424 is out of range" in say(child, "/params seed=1180591620717411303424")
     assert "temperature=0.0" in say(child, "/params")
     assert "max_new_tokens=5" in say(child, "/params max_new_tokens=5")
     say(child, "/system You are a pirate.")
@@ -182,3 +192,99 @@ def test_a_crash_keeps_every_finished_turn(tiny_dir):
     contents = [m["content"] for m in store.messages(latest.id)]
     assert contents[0] == "remember this first line" and len(contents) >= 3
     assert contents[2] == "and this second one"
+
+
+# Untrusted text for the terminal: Rich markup (which altered or crashed the output) and escape
+# sequences (a clipboard write, a window title, a screen clear, an 8-bit CSI) that must not reach it.
+MARKUP = "[bold]x[/] and [/]"
+OSC52 = "\x1b]52;c;aGFja2Vk\x1b\\"
+ESCAPES = f"{OSC52}\x1b]0;pwned\x07\x1b[2J\x9b31m\r"
+
+
+def scripted_service(reply: str, refusal: str):
+    """A remote OpenAI-compatible model (the true boundary) that streams `reply` three characters at a
+    time, so escape sequences straddle chunks, and refuses any message containing "refuse"."""
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": "scripted", "object": "model", "created": 0, "owned_by": "test"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        if "refuse" in (await request.json())["messages"][-1]["content"]:
+            return JSONResponse({"error": {"message": refusal, "type": "invalid_request_error"}}, status_code=400)
+
+        def events():
+            for i in range(0, len(reply), 3):
+                delta = {"index": 0, "delta": {"content": reply[i:i + 3]}, "finish_reason": None}
+                chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "scripted", "choices": [delta]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def assert_plain(output: str) -> None:
+    """No escape sequence got through: no ESC or other control character (but the carriage returns and
+    cursor moves the chat draws with), no clipboard payload, no title."""
+    assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", ANSI.sub("", output)), repr(output)
+    assert "aGFja2Vk" not in output and "pwned" not in output
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    from serve.live_server import start_server
+
+    url, stop = start_server(scripted_service(f"Reply: {MARKUP} {ESCAPES}done.", f"bad {MARKUP}"))
+    yield ["--model", "openai:scripted", "--base-url", url + "/v1"]
+    stop()
+
+
+def test_one_shot_strips_escape_sequences_from_the_model(scripted):
+    result = run("chat", *scripted, "-p", "hi")
+    assert result.returncode == 0, result.stderr
+    assert MARKUP in result.stdout and "done." in result.stdout
+    # Streamed as it comes, so a sequence cut between chunks loses its control characters (inert),
+    # not necessarily its printable tail.
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", result.stdout), repr(result.stdout)
+
+
+def test_chat_prints_untrusted_text_as_plain_text(scripted, tmp_path):
+    child = spawn("chat", *scripted)
+    reply = say(child, "hello")
+    assert f"Reply: {MARKUP}" in reply and "done." in reply
+    assert_plain(child.before)
+    assert f"bad {MARKUP}" in say(child, "please refuse")  # an error carrying markup
+    assert "stop=['[/]']" in say(child, "/params stop=[/]")
+    assert "unknown parameter '[bold]k[/]'" in say(child, "/params [bold]k[/]=1")
+
+    title = f"Title {MARKUP}{ESCAPES}"
+    # The program writes the escapes; its source (shown by `parley history ID`) holds them as hex.
+    code = f'print("{MARKUP}")\nprint(bytes.fromhex("{ESCAPES.encode().hex()}").decode())\nraise ValueError("[/] boom")'
+    chat = tmp_path / "chat [bold]x[red].json"  # a file name with markup
+    chat.write_text(json.dumps([{"role": "user", "content": title},
+                                {"role": "assistant", "content": f"Run:\n```python\n{code}\n```\n"}]))
+    assert f"loaded 2 messages from {chat}" in say(child, f"/load {chat}")
+    table = say(child, "/history")
+    assert f"Title {MARKUP}" in table
+    assert_plain(child.before)
+    ran = say(child, "/run")
+    assert MARKUP in ran and "[/] boom" in ran
+    assert_plain(child.before)
+    assert f"saved to {tmp_path / '[x].json'}" in say(child, f"/save {tmp_path / '[x].json'}")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+
+    wide = dict(os.environ, COLUMNS="200")  # the table's title column whole, on one line
+    listing = run("history", env=wide)
+    assert listing.returncode == 0, listing.stderr
+    assert f"Title {MARKUP}" in listing.stdout
+    assert_plain(listing.stdout)
+    cid = re.search(r"\b([0-9a-f]{8})\b.*Title", listing.stdout).group(1)
+    shown = run("history", cid, env=wide)
+    assert shown.returncode == 0, shown.stderr
+    assert f"Title {MARKUP}" in shown.stdout and "[/] boom" in shown.stdout
+    assert_plain(shown.stdout)

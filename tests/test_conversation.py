@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from parley.conversation import fit_messages
+from parley.conversation import Fitted, fit_messages
 from parley.errors import ContextError
 from parley.templates import DEFAULT_TEMPLATE, encode_chat
 
@@ -80,3 +80,51 @@ def test_system_prompt_alone_over_budget_is_an_error(embedded_tokenizer, templat
     messages = [{"role": "system", "content": "rules " * 200}, {"role": "user", "content": "hi"}]
     with pytest.raises(ContextError, match="system prompt alone"):
         fit_messages(messages, embedded_tokenizer, template, budget=50)
+
+
+def fit_one_turn_at_a_time(messages, tokenizer, template, budget):
+    """The rule as first written: drop the oldest turn and re-render until the rest fits."""
+    system = [m for m in messages if m["role"] == "system"]
+    rest = messages[len(system):]
+    starts = [i for i, m in enumerate(rest) if m["role"] == "user"]
+    for start in starts:
+        kept = system + rest[start:]
+        if count(tokenizer, template, kept) <= budget or start == starts[-1]:
+            return fit_messages(kept, tokenizer, template, budget), rest[:start]
+
+
+def varied_dialogue(turns: int) -> list[dict]:
+    messages = [SYSTEM]
+    for i in range(turns):  # turns of uneven length, so the cut lands at many places
+        messages += [{"role": "user", "content": f"question {i} " + "why " * (i * 7 % 23)},
+                     {"role": "assistant", "content": "because " * (i * 5 % 17) + f"answer {i}"}]
+    return messages
+
+
+def test_the_fit_is_the_one_turn_at_a_time_rule(embedded_tokenizer, template):
+    messages = varied_dialogue(30)
+    total = count(embedded_tokenizer, template, messages)
+    for budget in list(range(60, total + 20, 37)) + [total, total - 1]:
+        fitted = fit_messages(messages, embedded_tokenizer, template, budget=budget)
+        expected, dropped = fit_one_turn_at_a_time(messages, embedded_tokenizer, template, budget)
+        expected = Fitted(expected.messages, expected.tokens, dropped, expected.truncated_tokens)
+        assert fitted == expected, budget
+        assert fitted.notice == expected.notice
+
+
+def test_a_long_history_is_fitted_in_a_logarithmic_number_of_renders(embedded_tokenizer, template, monkeypatch):
+    import parley.conversation
+
+    renders = []
+    real = parley.conversation.encode_chat
+
+    def counting(*args, **kwargs):
+        renders.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(parley.conversation, "encode_chat", counting)
+    messages = varied_dialogue(400)
+    fitted = fit_messages(messages, embedded_tokenizer, template, budget=700)
+    assert fitted.dropped and fitted.tokens <= 700 and fitted.messages[-1] == messages[-1]
+    # One render of everything, then galloping and bisecting over 400 turns: about 2 * log2(400).
+    assert len(renders) <= 2 * 9 + 2, len(renders)

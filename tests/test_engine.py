@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -118,3 +120,64 @@ def test_sampling_params_from_strings():
         SamplingParams().updated(temperature="hot")
     with pytest.raises(ConfigError, match="top_p=1.5 is out of range"):
         SamplingParams().updated(top_p=1.5)
+
+
+@pytest.mark.parametrize("temperature, penalty", [(1e-45, 1.0), (1e-300, 1.3), (0.7, 1e-45), (1.0, 5e-324)])
+def test_tiny_temperatures_and_penalties_sample_without_nan(engine, temperature, penalty):
+    """Dividing by so little overflows fp32 to inf, and softmax of inf is NaN: below SAMPLING_EPS a
+    temperature is greedy and a penalty acts as SAMPLING_EPS, so valid parameters always sample."""
+    params = SamplingParams(temperature=temperature, repetition_penalty=penalty, max_new_tokens=8, seed=1)
+    text = engine.generate(CHAT, params)
+    if temperature < 1e-5:
+        assert text == engine.generate(CHAT, SamplingParams(temperature=0, repetition_penalty=penalty, max_new_tokens=8))
+
+
+def test_a_failing_sequence_ends_alone(engine):
+    """One sequence that raises while its token is chosen ends alone; the others say what they say alone."""
+    prompts = ["Hi", "Tell me", "Once upon a time"]
+    params = [SamplingParams(temperature=0.8, seed=s, max_new_tokens=10) for s in (1, 2, 3)]
+    alone = [engine.generate(p, q) for p, q in zip(prompts, params)]
+    seqs = [engine.start(p, q) for p, q in zip(prompts, params)]
+    batch = engine.new_batch()
+    texts = [token.text for token in batch.add_many(seqs)]
+    failing = seqs[1]
+    # What a validation gap would let through: more alternatives than the vocabulary has (torch.topk raises).
+    failing.params = dataclasses.replace(failing.params, top_logprobs=10**7)
+    for seq, token in zip(list(batch.seqs), batch.step()):
+        assert (token is None) == (seq is failing)
+        texts[seqs.index(seq)] += token.text if token else ""
+    assert failing.done and isinstance(failing.error, RuntimeError) and failing.finish_reason is None
+    batch.remove(failing)
+    while batch.seqs:
+        for seq, token in zip(list(batch.seqs), batch.step()):
+            texts[seqs.index(seq)] += token.text
+        for seq in [s for s in batch.seqs if s.done]:
+            batch.remove(seq)
+    assert [texts[0], texts[2]] == [alone[0], alone[2]]
+    with pytest.raises(RuntimeError):  # a batch of one (`stream`) raises its sequence's error
+        list(engine.stream("Hi", Unchecked(top_logprobs=10**7, max_new_tokens=4)))
+
+
+class Unchecked(SamplingParams):
+    """Parameters past validation, standing in for a gap in `check()`."""
+
+    def check(self):
+        return self
+
+
+def test_the_earliest_stop_string_wins(engine):
+    """Two stop strings completed by the same token: the reply ends at the one earlier in the text,
+    whatever their order in the list."""
+    params = SamplingParams(temperature=1.0, seed=0, max_new_tokens=60)  # varied text; stops leave sampling alone
+    tokens = list(engine.stream(CHAT, params))
+    full = "".join(t.text for t in tokens)
+    at = 0
+    for token in tokens:  # a token of 3+ characters after the first: `before` ends in its first character
+        p, at = at, at + len(token.text)
+        before, after = full[p - 1 : p + 1], full[p + 1 : at]
+        if p and len(token.text) >= 3 and full.find(before) == p - 1 and full.find(after) == p + 1:
+            break
+    else:
+        raise AssertionError("the reply has no token to build the case from: change CHAT or max_new_tokens")
+    text = engine.generate(CHAT, dataclasses.replace(params, stop=[after, before]))
+    assert text == full[: p - 1]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from parley.errors import CacheError, ParleyError
-from parley.store import MIGRATIONS, AmbiguousConversation, ConversationNotFound, Store
+from parley.store import MIGRATIONS, AmbiguousConversation, ConversationChanged, ConversationNotFound, Store
 
 
 @pytest.fixture
@@ -117,6 +117,25 @@ def test_update_changes_only_the_given_fields(store):
     assert (after.system, after.params, after.model) == (None, {"top_k": 5}, "m2")
     with pytest.raises(ParleyError, match="model"):
         store.update(cid, model=None)
+
+
+def test_replace_replies_only_while_the_conversation_ends_where_it_did(store):
+    cid = store.new_conversation(model="m")
+    store.add_message(cid, "user", "q")
+    last = store.add_message(cid, "assistant", "old reply")
+    messages, seen = store.thread(cid)
+    assert seen == last and messages[-1]["content"] == "old reply"
+    new = store.replace_replies(cid, 1, seen, "new reply", meta={"tokens": 2})
+    assert [m["content"] for m in store.messages(cid)] == ["q", "new reply"]
+    with pytest.raises(ConversationChanged, match="reload the conversation"):  # `seen` was replaced
+        store.replace_replies(cid, 1, seen, "a reply to a stale view")
+    store.add_message(cid, "user", "another client's question")
+    with pytest.raises(ConversationChanged):
+        store.replace_replies(cid, 1, new, "would delete that question")
+    assert [m["content"] for m in store.messages(cid)] == ["q", "new reply", "another client's question"]
+    store.delete(cid)
+    with pytest.raises(ConversationNotFound):
+        store.replace_replies(cid, 1, None, "too late")
 
 
 def test_resolve_unique_ambiguous_and_unknown(store, tmp_path):

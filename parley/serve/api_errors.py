@@ -20,6 +20,7 @@ from starlette.routing import Match
 
 from parley.errors import ContextError, ModelLoadError, ParleyError
 from parley.batching import Busy, ShuttingDown
+from parley.engine import ParamError
 from parley.store import ConversationNotFound
 
 log = logging.getLogger("parley.serve")
@@ -54,6 +55,8 @@ def translate(error: BaseException) -> ApiError:
         return ApiError(400, str(error), param="messages", code="context_length_exceeded")
     if isinstance(error, ModelLoadError):  # a remote backend that failed or went away
         return ApiError(502, str(error), "server_error", code="backend_unavailable")
+    if isinstance(error, ParamError):  # a limit only SamplingParams.check() knows, e.g. a stop string's length
+        return ApiError(400, str(error), param=error.key)
     if isinstance(error, ParleyError):
         return ApiError(400, str(error))
     log.error("internal error", exc_info=error)

@@ -11,10 +11,18 @@ conversations under /v1/conversations (conversations_api.py); GET /health, /metr
 `create_app(options, engine=None)` builds the app; the engine is opened in the lifespan
 (`backend.open`: a local model or a remote service, which this module never tells apart), or
 `engine` is used as is (tests, embedding). Generation goes through the engine's continuous-batching
-driver (parley/batching.py). Protection: optional API keys (Bearer; compared in constant time; never
-logged), a request body size limit, a bounded queue (429 + Retry-After), validation errors as
-OpenAI-style 400s (api_errors.py). On SIGINT/SIGTERM the server stops taking requests, lets running
-generations finish for `grace_s`, then ends the rest with finish_reason "length".
+driver (parley/batching.py). Protection: a Host allow-list (below), optional API keys (Bearer;
+compared in constant time; never logged), a request body size limit, a bounded queue (429 +
+Retry-After), validation errors as OpenAI-style 400s (api_errors.py), a Content-Security-Policy on the
+page (PAGE_CSP). On SIGINT/SIGTERM the server stops taking requests, lets running generations finish
+for `grace_s`, then ends the rest with finish_reason "length".
+
+Host allow-list (against DNS rebinding: a web page whose own name has been pointed at this machine
+reaches the server from the user's browser, but still sends its own name as Host): a loopback --host
+(the default) answers to localhost, 127.0.0.1 and [::1]; a named or numbered --host to that name;
+0.0.0.0 or :: to any IP address and localhost (a page cannot rebind an address, only a name).
+`--allowed-host NAME` (repeatable; `*` for any) adds names, as Django's ALLOWED_HOSTS does. Any
+port is accepted. Other Hosts get a 400 that says what to add.
 
 Limits: one model per server; API keys are all-or-nothing (no per-key quotas or scopes).
 """
@@ -22,12 +30,14 @@ Limits: one model per server; API keys are all-or-nothing (no per-key quotas or 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
@@ -43,6 +53,11 @@ if TYPE_CHECKING:
     from parley.engine import Engine
 
 WEB = Path(__file__).parent / "web"
+# The page's Content-Security-Policy: its own scripts, styles and API only. Messages are sanitized
+# (web/app.js); this is the second line if markup gets through: no inline script or style, no image,
+# frame or request to another site, no form posting elsewhere, no framing of the page itself.
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 log = logging.getLogger("parley.serve")
 
 
@@ -59,6 +74,7 @@ class ServeOptions:
     port: int = 8000
     served_name: str | None = None  # the model id clients send and /v1/models lists; default: the spec
     api_keys: list[str] = field(default_factory=list)  # empty = no authentication
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names answered besides --host's own; * = any
     max_batch: int = 8  # sequences decoded together
     max_queue: int = 64  # sequences allowed to wait for a batch slot before 429
     max_tokens: int = 1024  # the most tokens one reply may ask for (larger requests are capped)
@@ -118,7 +134,7 @@ def create_app(options: ServeOptions, engine: Engine | None = None) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def page():
-        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP})
 
     @app.get("/health", tags=["server"])
     async def health(request: Request):
@@ -132,8 +148,53 @@ def create_app(options: ServeOptions, engine: Engine | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, limit=options.max_body_bytes)
     app.add_middleware(AuthMiddleware, keys=options.api_keys)
+    app.add_middleware(HostCheckMiddleware, bind=options.host, extra=options.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
+
+
+class HostCheckMiddleware:
+    """400 for a Host header that `bind` and `extra` do not allow: see the module docstring.
+
+    Not Starlette's TrustedHostMiddleware: its refusal is a bare "Invalid host header" that names
+    neither the allowed hosts nor the fix, and it cannot accept every IP address for 0.0.0.0."""
+
+    LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+    def __init__(self, app, bind: str, extra: list[str]):
+        self.app = app
+        self.any_ip = bind in ("0.0.0.0", "::", "")  # every interface: any address of this machine
+        loopback = bind.lower() in self.LOOPBACK or _is_loopback(bind)
+        names = ["localhost"] if self.any_ip else list(self.LOOPBACK) if loopback else [bind]
+        self.allowed = dict.fromkeys(h.lower().strip("[]") for h in names + extra)  # a set, in order
+        self.described = ", ".join(["any IP address"] * self.any_ip + list(self.allowed))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or "*" in self.allowed:
+            return await self.app(scope, receive, send)
+        header = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        try:
+            host = urlsplit(f"//{header}").hostname or ""  # lowercased, port and IPv6 brackets removed
+        except ValueError:  # e.g. an unclosed '['
+            host = ""
+        if host in self.allowed or (self.any_ip and _is_ip(host)):
+            return await self.app(scope, receive, send)
+        error = ApiError(400, f"this server does not answer to Host {header!r}; it answers to {self.described}: "
+                              f"if that is this server's name, start it with --allowed-host {host or 'NAME'}",
+                         code="host_not_allowed")
+        await error.response()(scope, receive, send)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    return _is_ip(host) and ipaddress.ip_address(host).is_loopback
 
 
 class AuthMiddleware:

@@ -15,8 +15,20 @@ a `session.Session` turn, as in `parley chat`: the history goes through the roll
 prompt kept, oldest turns dropped first, room kept for the reply); the reply's first event says
 what was dropped. Replies stream as server-sent
 events: {"type": "start", "notice"}, {"type": "delta", "text"}..., {"type": "done", "finish_reason"}
-(or {"type": "error", "message"}). A reply cut short by the client (the page's Stop button) is
-stored as far as it got; the user's message is stored once its reply has been queued.
+(or {"type": "error", "message"}). "done" is sent once the reply is stored, so a reply reported done
+survives a crash of the server. A reply cut short by the client (the page's Stop button) is stored as
+far as it got; the user's message is stored as soon as its reply has been queued.
+
+`params` are checked by `SamplingParams.check()` wherever they are stored or used (create, PATCH, a
+message, regenerate): a 400 names `params.<field>` (e.g. at most 4 non-empty stop strings, a seed in
+0..2**63-1). Regenerating keeps the old reply until the new one is stored; it then replaces it in one
+transaction, or, if the conversation changed meanwhile (another client added a message or
+regenerated), answers 409 `conversation_changed` and stores nothing. An empty new reply (an immediate
+end, Stop before any text) leaves the old one in place.
+
+/plain refuses cross-site form posts (403): a browser's Sec-Fetch-Site must be same-origin or none,
+or, from browsers that do not send it, Origin must be this server; clients that send neither (curl)
+are not browsers, so are not a cross-site request forgery.
 
 Limits: no per-user ownership: anyone holding an API key sees every conversation.
 """
@@ -27,16 +39,18 @@ import dataclasses
 import hmac
 import html
 import logging
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
+import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from parley.engine import SamplingParams
+from parley.engine import ParamError, SamplingParams
 from parley.errors import ParleyError
 from parley.session import Session
+from parley.store import ConversationChanged
 from parley.serve.api_errors import ApiError, translate
 from parley.serve.streaming import first_event, follow, sse, submit
 
@@ -96,14 +110,15 @@ def _checked_params(request: Request, stored: dict, given: dict | None) -> Sampl
         first = e.errors()[0]
         name = "params." + ".".join(str(part) for part in first["loc"])
         raise ApiError(400, f"{name}: {first['msg']}", param=name) from None
-    except ParleyError as e:
-        raise ApiError(400, f"params: {e}", param="params") from e
+    except ParamError as e:
+        raise ApiError(400, f"params.{e.key}: {e}", param=f"params.{e.key}") from None
     cap = request.app.state.options.max_tokens
     return dataclasses.replace(params, max_new_tokens=min(params.max_new_tokens, cap))
 
 
 @router.get("/v1/conversations")
-def list_conversations(request: Request, limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)):
+def list_conversations(request: Request, limit: int = Query(50, ge=1, le=500),
+                       offset: int = Query(0, ge=0, le=2**63 - 1)):  # SQLite's integers are 64-bit
     return {"object": "list", "data": [_json(c) for c in _store(request).list(limit, offset)]}
 
 
@@ -152,7 +167,8 @@ async def say(cid: str, body: Say, request: Request):
 
 @router.post("/v1/conversations/{cid}/regenerate")
 async def regenerate(cid: str, body: Regenerate, request: Request):
-    """Drop the replies after the last user message and reply again (seeded anew unless a seed is set)."""
+    """Reply again to the last user message (seeded anew unless a seed is set); the new reply replaces
+    the old one once stored, or 409 if the conversation changed meanwhile."""
     return await _reply(request, cid, body.params, body.stream, new_message=None)
 
 
@@ -160,20 +176,23 @@ async def _reply(request: Request, cid: str, given: dict | None, streaming: bool
     store, state = _store(request), request.app.state
     conversation = await run_in_threadpool(store.get, cid)
     params = _checked_params(request, conversation.params, given)
-    session = Session(state.engine, store, conversation.model, conversation.system, params, id=cid,
-                      messages=await run_in_threadpool(store.messages, cid))
+    session = await run_in_threadpool(Session.from_store, state.engine, store, cid, params)
     try:
         messages = session.turn(new_message)
     except ParleyError:
         raise ApiError(400, "there is no user message to reply to", code="nothing_to_regenerate") from None
     fitted = await run_in_threadpool(session.fit, messages)
     ticket = await submit(request, [(fitted.messages, params)])
+    try:  # queued: now the conversation says so
+        if new_message is not None:
+            await run_in_threadpool(session.commit, new_message)
+        if given:
+            await run_in_threadpool(store.update, cid, params={**conversation.params, **given})
+    except BaseException:
+        ticket.cancel()
+        raise
     events = follow(ticket, request)
     first = await first_event(ticket, events)
-    # The reply is underway: now make the conversation say so.
-    await run_in_threadpool(session.commit, new_message)
-    if given:
-        await run_in_threadpool(store.update, cid, params={**conversation.params, **given})
     reply = _Reply(session, fitted.notice)
     if streaming:
         return StreamingResponse(reply.stream(first, events), media_type="text/event-stream",
@@ -181,15 +200,15 @@ async def _reply(request: Request, cid: str, given: dict | None, streaming: bool
     try:
         await reply.collect(first, events)
     except Exception as e:
+        await reply.save_quietly()  # keep what was generated before the failure
         raise translate(e) from e
-    finally:
-        reply.save()
+    await run_in_threadpool(reply.save)
     return {"message": {"role": "assistant", "content": reply.text}, "finish_reason": reply.finish_reason,
             "notice": fitted.notice}
 
 
 class _Reply:
-    """The assistant's reply as it arrives; saved once, however the stream ends."""
+    """The assistant's reply as it arrives; stored once, however the stream ends."""
 
     def __init__(self, session: Session, notice: str | None):
         self.session, self.notice = session, notice
@@ -218,26 +237,39 @@ class _Reply:
             async for event in events:
                 if text := self.add(event):
                     yield sse({"type": "delta", "text": text})
+            await run_in_threadpool(self.save)  # stored first: "done" promises the reply survives a crash
             yield sse({"type": "done", "finish_reason": self.finish_reason, "tokens": self.tokens})
         except Exception as e:
             yield sse({"type": "error", "message": translate(e).message})
         finally:
-            self.save()  # also when the client went away: keep what it was shown
+            await self.save_quietly()  # an error, or the client went away: keep what it was shown
 
     def save(self) -> None:
+        """Store the reply (nothing if it is empty: a regenerated one then leaves the old reply)."""
         if self.saved or not self.text:
             return
         self.saved = True
         meta = {"finish_reason": self.finish_reason or "cancelled", "tokens": self.tokens}
         try:
-            self.session.add("assistant", self.text, **meta)
-        except Exception:  # e.g. deleted meanwhile; the reply was delivered, so only log it
-            log.exception("could not store the reply in conversation %s", self.session.id)
+            self.session.answer(self.text, **meta)
+        except ConversationChanged as e:
+            raise ApiError(409, str(e), code="conversation_changed") from e
+
+    async def save_quietly(self) -> None:
+        """save() where nobody is left to tell: shielded, since the request may be being cancelled."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await run_in_threadpool(self.save)
+            except Exception:  # e.g. deleted meanwhile; the reply was delivered, so only log it
+                log.exception("could not store the reply in conversation %s", self.session.id)
 
 
 @router.post("/plain", include_in_schema=False, response_class=HTMLResponse)
 async def plain(request: Request):
     """The page's fallback without JavaScript: one question in a form, the answer as plain text."""
+    if _cross_site(request):
+        return HTMLResponse(_plain_page("", "Refused: this form was posted from another site. Open this "
+                                            "server's own page and ask there."), status_code=403)
     form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
     keys = request.app.state.options.api_keys
     given = form.get("key", "").encode()
@@ -253,6 +285,18 @@ async def plain(request: Request):
     except ApiError as e:
         return HTMLResponse(_plain_page(question, e.message), status_code=e.status)
     return HTMLResponse(_plain_page(question, body["message"]["content"]))
+
+
+def _cross_site(request: Request) -> bool:
+    """Whether a browser sent this from another site's page (the check Go's CrossOriginProtection
+    makes): Sec-Fetch-Site where the browser sends it, else Origin against the Host it was sent to."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")  # none: typed, bookmarked; same-site: another port
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False  # not a browser, or one too old to say: a form post alone cannot be told apart
+    return urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
 
 
 def _plain_page(question: str, answer: str) -> str:

@@ -7,13 +7,19 @@ Request and response shapes follow OpenAI's, so the official clients work unchan
 
 Rules: `max_tokens` is capped at the server's `--max-tokens`; an explicit `max_tokens` that does not
 fit beside the prompt, or a prompt over the context window, is a 400 naming both lengths (never a
-silent cut). `n` choices are n sequences seeded seed, seed+1, ... . A `model` other than the served
-one is a 404, as OpenAI does. Unsupported features (tools, images, echo, penalties other than 0)
-are 400s that name the field.
+silent cut). `n` choices are n sequences seeded seed, seed+1, ... . A request of more sequences
+(prompts x n) than `--max-queue` is a 400 naming `n` (or `prompt`): it could never be queued. A
+`model` other than the served one is a 404, as OpenAI does. Unsupported features (tools, images,
+echo, penalties other than 0) are 400s that name the field.
+
+Logprobs: each token's `bytes` are its own (a character split over two tokens gives each its slice, and
+`token` shows U+FFFD for a part of a character); `text_offset` counts the characters those bytes
+decode to, so it points at each token even while text is held back for a possible stop string.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import secrets
 import time
@@ -174,7 +180,39 @@ class _Choice:
 
     def __init__(self):
         self.text, self.tokens, self.finish_reason = "", 0, None
-        self.logprobs: list[tuple[str, float, list[tuple[str, float]]]] = []  # (piece, logprob, top)
+        self.logprobs: list[_Logprob] = []
+        # The tokens' own bytes, decoded as they come: how many characters precede the next token, held-back
+        # text and split characters included (a token inside a character points at that character).
+        self.chars, self.decoder = 0, codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def offset(self, piece: bytes) -> int:
+        """Where a token with these bytes starts in the text; remote tokens (no bytes) count released text."""
+        if not piece:
+            return len(self.text)
+        at = self.chars
+        self.chars += len(self.decoder.decode(piece))
+        return at
+
+
+@dataclasses.dataclass
+class _Logprob:
+    """One token's logprobs entry: its own bytes (maybe part of a character), where it starts in the text."""
+
+    piece: bytes
+    logprob: float
+    top: list[tuple[bytes, float]]  # alternatives (their own bytes, logprob), best first
+    offset: int
+
+    @staticmethod
+    def of(event: Event, offset: int) -> _Logprob:
+        token = event.token
+        pieces = event.top_pieces or [text.encode() for text, _ in token.top]  # remote: their text is all there is
+        return _Logprob(event.piece, token.logprob, [(p, v) for p, (_, v) in zip(pieces, token.top)], offset)
+
+
+def _text(piece: bytes) -> str:
+    """A token's bytes as JSON text: part of a character shows as U+FFFD (the `bytes` field is exact)."""
+    return piece.decode("utf-8", errors="replace")
 
 
 class _Call:
@@ -190,6 +228,12 @@ class _Call:
 
     async def run(self, work, n: int, max_tokens: int | None, streaming: bool):
         """`work`: (prompt, params) per choice, n choices per prompt."""
+        limit = self.request.app.state.options.max_queue
+        if len(work) > limit:  # it could never be queued (the driver's TooLarge): name the field to lower
+            param = "n" if n > 1 else "prompt"
+            raise ApiError(400, f"{param}: this request asks for {len(work) // n} prompt(s) × n={n} = {len(work)} "
+                                f"sequences but the server queues at most {limit} (--max-queue): lower n or send "
+                                "fewer prompts", param=param)
         ticket = await submit(self.request, work, pieces=self.logprobs)
         if max_tokens is not None:  # what the client asked for, after the server's cap
             max_tokens = min(max_tokens, self.request.app.state.options.max_tokens)
@@ -213,10 +257,10 @@ class _Call:
 
     def _add(self, choice: _Choice, event: Event) -> None:
         if event.token is not None:
+            if self.logprobs:
+                choice.logprobs.append(_Logprob.of(event, choice.offset(event.piece)))
             choice.text += event.token.text
             choice.tokens += 1
-            if self.logprobs:
-                choice.logprobs.append((event.piece, event.token.logprob, event.token.top))
         else:
             choice.finish_reason = event.finish_reason
 
@@ -226,24 +270,21 @@ class _Call:
                 "total_tokens": self.prompt_tokens + completion}
 
     def _whole(self, index: int, choice: _Choice) -> dict:
-        logprobs = self._logprobs(choice.logprobs, 0) if self.logprobs else None
+        logprobs = self._logprobs(choice.logprobs) if self.logprobs else None
         if self.chat:
             return {"index": index, "message": {"role": "assistant", "content": choice.text},
                     "logprobs": logprobs, "finish_reason": choice.finish_reason}
         return {"index": index, "text": choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
 
-    def _logprobs(self, entries, offset: int) -> dict:
+    def _logprobs(self, entries: list[_Logprob]) -> dict:
         if self.chat:
             return {"content": [
-                {"token": piece, "logprob": lp, "bytes": list(piece.encode()),
-                 "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in top]}
-                for piece, lp, top in entries]}
-        offsets, at = [], offset
-        for piece, _, _ in entries:
-            offsets.append(at)
-            at += len(piece)
-        return {"tokens": [p for p, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
-                "top_logprobs": [dict(top) for _, _, top in entries], "text_offset": offsets}
+                {"token": _text(e.piece), "logprob": e.logprob, "bytes": list(e.piece),
+                 "top_logprobs": [{"token": _text(t), "logprob": v, "bytes": list(t)} for t, v in e.top]}
+                for e in entries]}
+        return {"tokens": [_text(e.piece) for e in entries], "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": [{_text(t): v for t, v in e.top} for e in entries],
+                "text_offset": [e.offset for e in entries]}
 
     async def _stream(self, first: Event | None, events, choices: list[_Choice]):
         try:
@@ -277,11 +318,10 @@ class _Call:
 
     def _event(self, choices: list[_Choice], event: Event) -> str:
         choice = choices[event.index]
-        offset = len(choice.text)
         self._add(choice, event)
         if event.token is None:
             return sse(self._chunk(event.index, finish=event.finish_reason))
-        logprobs = self._logprobs(choice.logprobs[-1:], offset) if self.logprobs else None
+        logprobs = self._logprobs(choice.logprobs[-1:]) if self.logprobs else None
         if not event.token.text and logprobs is None:
             return ""  # text held back (a partial character or a possible stop string): nothing to send yet
         delta = {"content": event.token.text}

@@ -5,9 +5,9 @@ FastAPI only knows what the route functions declare, which here is their request
 it documents a 422 the server never sends (validation errors are 400s, api_errors.py), no 2xx body
 and no event stream, so a client generator or a fuzzer checking answers against the schema checks
 nothing. `document(app)` fills in each operation's responses once, from `ROUTES` below, when the
-schema is first built; the route modules stay plain. The statuses that middleware adds (401 for a
-missing key, 413 for a large body) follow the middleware's own rules. `make fuzz` (schemathesis,
-tests/serve/test_fuzz.py) checks every answer against this schema.
+schema is first built; the route modules stay plain. The statuses that middleware adds (400 for a
+Host not allowed, 401 for a missing key, 413 for a large body) follow the middleware's own rules.
+`make fuzz` (schemathesis, tests/serve/test_fuzz.py) checks every answer against this schema.
 
 An operation missing from `ROUTES` fails the schema build, so a new route cannot go undocumented.
 The response models are documentation only: the routes build their bodies as dicts.
@@ -163,6 +163,7 @@ class Health(BaseModel):
 ERRORS = {
     400: "The request is malformed or asks for something unsupported; `param` names the field.",
     404: "No such model or conversation.",
+    409: "The conversation changed while the reply was written (another client): nothing was stored.",
     429: "The queue is full: retry after Retry-After seconds.",
     502: "The remote model service failed (a server proxying openai:NAME).",
     503: "The server is shutting down.",
@@ -195,8 +196,8 @@ ROUTES: dict[tuple[str, str], Answers] = {
     ("get", "/v1/conversations/{cid}"): Answers(ConversationWithMessages, (404,)),
     ("patch", "/v1/conversations/{cid}"): Answers(Conversation, (400, 404)),
     ("delete", "/v1/conversations/{cid}"): Answers(Deleted, (404,)),
-    ("post", "/v1/conversations/{cid}/messages"): Answers(Reply, GENERATE, stream=REPLY_STREAM),
-    ("post", "/v1/conversations/{cid}/regenerate"): Answers(Reply, GENERATE, stream=REPLY_STREAM),
+    ("post", "/v1/conversations/{cid}/messages"): Answers(Reply, GENERATE + (409,), stream=REPLY_STREAM),
+    ("post", "/v1/conversations/{cid}/regenerate"): Answers(Reply, GENERATE + (409,), stream=REPLY_STREAM),
     ("get", "/health"): Answers(Health),
     ("get", "/metrics"): Answers(None),
 }
@@ -249,7 +250,9 @@ def _responses(method: str, path: str, answers: Answers) -> dict:
             "properties": {"data": {"type": "string", "contentMediaType": "application/json"}}}}
     responses = {str(answers.status): {"description": "Success.", "content": content}}
     errors = {status: ERRORS[status] for status in answers.errors}
-    # The middleware's answers (app.py): keys guard /v1 and /metrics; bodies are limited on writes.
+    # The middleware's answers (app.py): a Host outside the allow-list is refused everywhere; keys guard
+    # /v1 and /metrics; bodies are limited on writes.
+    errors.setdefault(400, "A Host header this server does not answer to (see --allowed-host).")
     if path.startswith("/v1/") or path == "/metrics":
         errors[401] = "A missing or wrong API key, when the server has keys."
     if method in ("post", "put", "patch"):

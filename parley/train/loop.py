@@ -13,7 +13,9 @@ the step; the last checkpoint stays the last good one.
 Exact resume: the model (or adapter) weights, AdamW moments, scheduler, every process's RNG states
 and the TrainState (step, tokens, best validation loss, evaluations without improvement) are in each
 checkpoint; the data position is the step itself. A resumed run's final weights equal an
-uninterrupted run's.
+uninterrupted run's. RUN_DIR/config.json is written before anything slow (model load, data
+preparation), so a run killed at any moment after it began can be resumed; one with no checkpoint
+yet starts again from step 0.
 
 Limits: the optimizer is AdamW; FSDP and DeepSpeed come from the accelerate config, untested here
 beyond 2-process DDP on CPU (gloo).
@@ -66,10 +68,11 @@ class TrainState:
 
 
 def start(config: TrainConfig) -> Path:
-    """Begin a new run in config.out_dir; refuses a directory that already holds one."""
+    """Begin a new run in config.out_dir; refuses a directory holding a run's checkpoint or final model
+    (one killed or failed before its first checkpoint has nothing to lose and is started over)."""
     config.check()
     run_dir = Path(config.out_dir).expanduser()
-    if (run_dir / CONFIG_FILE).exists():
+    if checkpoint.latest(run_dir) is not None or (run_dir / FINAL).exists():
         raise ConfigError(
             f"out_dir {run_dir} already holds a run: continue it with `parley train --resume {run_dir}`, "
             f"or choose another directory (--set out_dir=...)"
@@ -82,8 +85,9 @@ def resume(run_dir: Path, overrides: list[str] = ()) -> Path:
     """Continue the run in `run_dir` from its newest complete checkpoint (or from the start)."""
     run_dir = Path(run_dir).expanduser()
     saved = run_dir / CONFIG_FILE
-    if not saved.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (it has no {CONFIG_FILE}); start one with `parley train --config`")
+    if not saved.is_file():  # never started, or killed within moments of starting: nothing to continue
+        raise ConfigError(f"{run_dir} is not a run directory (it has no {CONFIG_FILE}): start the run again with "
+                          f"`parley train --config FILE --set out_dir={run_dir}`")
     config = from_dict(json.loads(saved.read_text()))
     apply_overrides(config, list(overrides))
     config.out_dir = str(run_dir)
@@ -104,6 +108,8 @@ def _run(config: TrainConfig, resuming: bool) -> Path:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.clean_leftovers(run_dir)
+        # First, before the slow model load and data preparation: from here on --resume can continue.
+        write_atomic(run_dir / CONFIG_FILE, json.dumps(to_dict(config), indent=1) + "\n")
     accelerator.wait_for_everyone()
 
     set_seed(config.seed)  # the adapter's initial weights: the same on every process and every attempt
@@ -124,9 +130,10 @@ def _run(config: TrainConfig, resuming: bool) -> Path:
         checkpoint.load(accelerator, resumed_from, strict=config.method == "full")
         _say(accelerator, f"resumed from {resumed_from} (step {state.step} of {total})")
     else:
+        if resuming:
+            _say(accelerator, f"{run_dir} has no checkpoint yet: training from step 0 with its saved config")
         set_seed(config.seed + accelerator.process_index)  # dropout differs per process
     if accelerator.is_main_process:
-        write_atomic(run_dir / CONFIG_FILE, json.dumps(to_dict(config), indent=1) + "\n")
         truncate_metrics(run_dir / "metrics.jsonl", state.step if resumed_from else -1)
     accelerator.wait_for_everyone()
 

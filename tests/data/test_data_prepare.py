@@ -152,6 +152,22 @@ def test_stats_and_show(tmp_path, corpus, chat_tokenizer):
         stats(tmp_path)
 
 
+def test_stats_and_show_print_file_names_as_written(tmp_path, chat_tokenizer):
+    # A file name is the user's text, not Rich markup: "[bold]" in it was eaten, "[/]" (in a spec) crashed.
+    from rich.console import Console
+
+    from parley.data.view import print_stats, show
+
+    odd = write_jsonl(tmp_path / "chats [bold]x [red]y.jsonl", chats(20))
+    out = tmp_path / "out"
+    run([str(odd)], out, chat_tokenizer)
+    console = Console(record=True, width=300, force_terminal=True)
+    print_stats(out, console=console)
+    show(out, 0, console=console)
+    output = console.export_text()
+    assert output.count("chats [bold]x [red]y.jsonl") == 2
+
+
 @pytest.fixture
 def tiny_model_dir(tmp_path, chat_tokenizer):
     from tiny_models import tiny_llama

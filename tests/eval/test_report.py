@@ -57,6 +57,18 @@ def test_bar_chart_is_a_png(tmp_path):
         bar_chart({"metrics": {"a": 1.0}}, {"metrics": {"b": 1.0}}, ("x", "y"), tmp_path / "d.png")
 
 
+def test_comparison_prints_model_names_as_written(tmp_path, capsys):
+    # A model name is the user's text (a path, a hub id): never Rich markup, never a terminal escape.
+    from parley.eval.report import show_comparison
+
+    a, _ = write_results({"kind": "perplexity", "model": "[/]base", "metrics": {"pass@1": 0.1}, "details": {}}, tmp_path / "a.json")
+    b, _ = write_results({"kind": "perplexity", "model": "[red]tuned\x1b]52;c;aGk=\x07", "metrics": {"pass@1": 0.2}, "details": {}},
+                         tmp_path / "b.json")
+    show_comparison(a, b, tmp_path / "c.png")
+    output = capsys.readouterr().out
+    assert "[/]base" in output and "[red]tuned" in output and "\x1b" not in output
+
+
 def test_read_results_rejects_other_json(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(DataError, match="not a parley eval results file"):

@@ -13,7 +13,7 @@ import queue
 import pytest
 
 from parley import backend
-from parley.batching import Busy, Event, ShuttingDown
+from parley.batching import Event, ShuttingDown, TooLarge
 from parley.engine import Engine, LocalEngine, SamplingParams
 from parley.eval.completions import generate_all
 from serve.live_server import CONTEXT
@@ -106,7 +106,7 @@ def test_many_prompts_at_once_through_the_driver(engine, reference):
 def test_driver_bounds_its_line_cancels_and_shuts_down(engine, reference):
     driver = engine.driver(max_batch=1, max_queue=2)
     try:
-        with pytest.raises(Busy):
+        with pytest.raises(TooLarge):  # more than the whole line: it could never be queued
             driver.submit([(HELLO, GREEDY)] * 3, lambda event: None)
         events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         long = SamplingParams(temperature=0, max_new_tokens=200)

@@ -15,7 +15,6 @@ import subprocess
 from pathlib import Path
 
 import httpx
-import pytest
 
 from parley.engine import LocalEngine
 from parley.serve.openapi import ROUTES
@@ -65,10 +64,6 @@ def test_a_bug_is_a_500_in_the_error_shape_not_a_plain_text_page(tiny_loaded, tm
                                        "type": "server_error", "param": None, "code": None}}
 
 
-# Remove this mark once issue 15's fixes for these two findings are merged. schemathesis finds (1) top_p or
-# repetition_penalty 5e-324 pass validation, make the logits non-finite, and end in torch.multinomial's
-# RuntimeError: a 500; (2) GET /v1/conversations?offset=2**63 or more: SQLite's OverflowError, a 500.
-@pytest.mark.xfail(strict=True, reason="issue 15: tiny top_p/repetition_penalty and offset >= 2**63 are 500s")
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(model_dir, tmp_path):
     assert ST.exists(), "schemathesis is missing: run `make fuzz-deps`"
     log = open(tmp_path / "serve.log", "w")  # a file, not a pipe: a thousand requests' log would fill a pipe

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
 import time
 
 import httpx
 import pytest
 
+from parley.batching import BatchDriver
 from parley.conversation import fit_messages
 from parley.engine import LocalEngine, SamplingParams
 from parley.store import Store
@@ -158,3 +161,204 @@ def test_plain_fallback_form(api):
     assert "&lt;b&gt;Hi&lt;/b&gt; &amp; bye" in response.text and "<b>Hi</b>" not in response.text
     titles = [c["title"] for c in api.get("/v1/conversations").json()["data"]]
     assert "<b>Hi</b> & bye" in titles
+
+
+BAD_PARAMS = [
+    ({"stop": [""]}, "params.stop"),  # would end every reply at once, empty
+    ({"stop": ["a", "b", "c", "d", "e"]}, "params.stop"),
+    ({"stop": ["x" * 257]}, "params.stop"),
+    ({"stop": [str(i) for i in range(70_000)]}, "params.stop"),  # under the body limit, slow on every token
+    ({"seed": 2**70}, "params.seed"),  # torch refuses it: every later message would be a 500
+    ({"seed": -1}, "params.seed"),
+]
+
+
+@pytest.mark.parametrize("params, field", BAD_PARAMS)
+def test_params_are_checked_wherever_they_are_stored_or_used(api, params, field):
+    cid = new(api, params=GREEDY)
+    api.post(f"/v1/conversations/{cid}/messages", json={"content": "hi", "stream": False})
+    before = api.get(f"/v1/conversations/{cid}").json()
+    answers = [
+        api.post("/v1/conversations", json={"params": params}),
+        api.patch(f"/v1/conversations/{cid}", json={"params": params}),
+        api.post(f"/v1/conversations/{cid}/messages", json={"content": "again", "params": params}),
+        api.post(f"/v1/conversations/{cid}/regenerate", json={"params": params}),
+    ]
+    for response in answers:
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == field and error["message"].startswith(field + ":")
+    assert api.get(f"/v1/conversations/{cid}").json() == before  # nothing stored, nothing replaced
+
+
+def test_bad_params_stored_by_an_older_parley_are_a_400_not_an_empty_reply(api, tmp_db):
+    cid = new(api)
+    Store(tmp_db).update(cid, params={"stop": [""], "temperature": 0})  # written before the check existed
+    response = api.post(f"/v1/conversations/{cid}/messages", json={"content": "hi", "stream": False})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "params.stop"
+    api.patch(f"/v1/conversations/{cid}", json={"params": {"temperature": 0}})  # the fix the message implies
+    reply = api.post(f"/v1/conversations/{cid}/messages", json={"content": "hi", "stream": False}).json()
+    assert reply["message"]["content"]
+
+
+def test_listing_refuses_an_offset_sqlite_cannot_hold(api):
+    assert api.get("/v1/conversations", params={"offset": 2**63 - 1}).json()["data"] == []
+    response = api.get("/v1/conversations", params={"offset": 2**63})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "offset"
+
+
+def test_an_empty_regenerated_reply_leaves_the_old_one(api, tiny_loaded):
+    cid = new(api, params=GREEDY)
+    old = api.post(f"/v1/conversations/{cid}/messages", json={"content": "Hello", "stream": False}).json()
+    greedy = LocalEngine(tiny_loaded).generate([{"role": "user", "content": "Hello"}], SamplingParams(**GREEDY))
+    # A stop string that the reply starts with: the new reply ends before its first character.
+    with api.stream("POST", f"/v1/conversations/{cid}/regenerate", json={"params": {"stop": [greedy[0]]}}) as response:
+        events = sse(response)
+    assert events[-1]["type"] == "done" and not any(e["type"] == "delta" for e in events)
+    messages = api.get(f"/v1/conversations/{cid}").json()["messages"]
+    assert messages == [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": old["message"]["content"]}]
+
+
+class Gated:
+    """The real engine, whose batches wait at a gate before each prefill, so a test can act while a
+    request is queued: `reached` is set when a request gets there, `gate.set()` lets it through."""
+
+    def __init__(self, engine):
+        self.engine, self.gate, self.reached = engine, threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def driver(self, max_batch=8, max_queue=64):
+        return BatchDriver(self.engine, self._new_batch, max_batch, max_queue)
+
+    def _new_batch(self):
+        batch = self.engine.new_batch()
+        prefill = batch.add_many
+
+        def gated(seqs):
+            self.reached.set()
+            assert self.gate.wait(60), "the test never opened the gate"
+            return prefill(seqs)
+
+        batch.add_many = gated
+        return batch
+
+
+@pytest.fixture
+def gated(tiny_loaded, tmp_path, monkeypatch):
+    """(api, engine, db): a server of its own over a Gated engine; its store gives up on a locked
+    database after 0.3 s."""
+    from parley.serve.app import ServeOptions, create_app
+
+    monkeypatch.setattr("parley.store.BUSY_TIMEOUT_S", 0.3)
+    engine, db = Gated(LocalEngine(tiny_loaded)), tmp_path / "parley.db"
+    url, stop = start_server(create_app(ServeOptions(db=db, max_tokens=64), engine=engine))
+    with httpx.Client(base_url=url, timeout=60) as http:
+        yield http, engine, db
+    engine.gate.set()
+    stop()
+
+
+def in_background(call):
+    """Run `call` in a thread; the returned function joins it and gives its result."""
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(value=call()), daemon=True)
+    thread.start()
+    return lambda: (thread.join(60), result["value"])[1]
+
+
+def test_a_regenerated_reply_never_deletes_what_another_client_added(gated):
+    api, engine, db = gated
+    cid = new(api, params=GREEDY)
+    engine.gate.set()
+    api.post(f"/v1/conversations/{cid}/messages", json={"content": "first", "stream": False})
+    engine.gate.clear()
+    engine.reached.clear()
+    regenerated = in_background(lambda: api.post(f"/v1/conversations/{cid}/regenerate", json={"stream": False}))
+    assert engine.reached.wait(60)
+    before = Store(db).messages(cid)
+    assert [m["role"] for m in before] == ["user", "assistant"]  # the old reply stays until the new one exists
+    Store(db).add_message(cid, "user", "another client's question")
+    engine.gate.set()
+    response = regenerated()
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["code"] == "conversation_changed"
+    assert Store(db).messages(cid) == before + [{"role": "user", "content": "another client's question"}]
+
+
+def test_the_question_is_stored_when_queued_and_done_means_stored(gated):
+    api, engine, db = gated
+    cid = new(api, params=GREEDY)
+
+    def ask():
+        with api.stream("POST", f"/v1/conversations/{cid}/messages", json={"content": "queued"}) as response:
+            return sse(response)
+
+    events = in_background(ask)
+    assert engine.reached.wait(60)  # queued; no token can come before the gate opens
+    deadline = time.monotonic() + 30
+    while Store(db).messages(cid) != [{"role": "user", "content": "queued"}]:
+        assert time.monotonic() < deadline, "the question was not stored while its reply was queued"
+        time.sleep(0.05)
+    lock = sqlite3.connect(db, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # the reply cannot be stored while this is held
+    engine.gate.set()
+    ended = events()
+    lock.execute("ROLLBACK")
+    assert ended[-1]["type"] == "error" and "locked" in ended[-1]["message"]
+    assert not any(e["type"] == "done" for e in ended)  # never "done" for a reply that was not stored
+    assert Store(db).messages(cid) == [{"role": "user", "content": "queued"}]
+
+
+@pytest.mark.parametrize("host, allowed", [
+    ("127.0.0.1:8000", True), ("localhost", True), ("LOCALHOST:1", True), ("[::1]:8000", True),
+    ("evil.example", False),  # DNS rebinding: the attacker's name, pointed at 127.0.0.1
+    ("evil.example:8000", False), ("192.168.1.5", False), ("[::1", False), ("", False),
+])
+def test_a_loopback_server_answers_only_to_loopback_names(api, host, allowed):
+    response = api.get("/v1/conversations", headers={"Host": host})
+    if allowed:
+        assert response.status_code == 200, response.text
+        return
+    assert response.status_code == 400 and response.json()["error"]["code"] == "host_not_allowed"
+    message = response.json()["error"]["message"]
+    assert "localhost, 127.0.0.1, ::1" in message and "--allowed-host" in message
+
+
+def test_a_server_on_every_interface_answers_to_addresses_and_allowed_names(tiny_loaded, tmp_path):
+    from parley.serve.app import ServeOptions, create_app
+
+    options = ServeOptions(host="0.0.0.0", allowed_hosts=["chat.example.com"], db=tmp_path / "db")
+    url, stop = start_server(create_app(options, engine=LocalEngine(tiny_loaded)))
+    try:
+        for host, status in [("10.1.2.3:8000", 200), ("[fe80::1]", 200), ("localhost", 200),
+                             ("Chat.Example.com:443", 200), ("evil.example", 400)]:
+            assert httpx.get(url + "/health", headers={"Host": host}).status_code == status, host
+    finally:
+        stop()
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({"Sec-Fetch-Site": "cross-site"}, 403),
+    ({"Sec-Fetch-Site": "same-site"}, 403),  # another port of the same machine is another origin
+    ({"Origin": "http://evil.example"}, 403),  # a browser without Sec-Fetch-Site
+    ({"Origin": "null"}, 403),
+    ({"Sec-Fetch-Site": "same-origin"}, 200),
+    ({"Sec-Fetch-Site": "none"}, 200),  # typed or bookmarked
+    ({}, 200),  # not a browser (curl): no cross-site forgery possible
+])
+def test_plain_refuses_cross_site_form_posts(api, headers, status):
+    before = len(api.get("/v1/conversations", params={"limit": 500}).json()["data"])
+    response = api.post("/plain", data={"message": "forged?"}, headers=headers)
+    assert response.status_code == status, response.text
+    after = len(api.get("/v1/conversations", params={"limit": 500}).json()["data"])
+    assert after == before + (status == 200)
+    if status == 403:
+        assert "from another site" in response.text
+
+
+def test_plain_accepts_a_post_from_its_own_origin(api):
+    own = str(api.base_url).rstrip("/")
+    assert api.post("/plain", data={"message": "hi"}, headers={"Origin": own}).status_code == 200

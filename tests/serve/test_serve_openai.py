@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 
@@ -215,5 +217,132 @@ def test_full_queue_is_429_and_a_disconnect_frees_its_slot(tiny_loaded, tmp_path
         assert b_first[0] - closed < 2.0
         assert b_first[0] - closed < (1000 - received) / rate / 2  # well before A could have finished
         assert "parley_client_disconnects_total 1.0" in httpx.get(url + "/metrics").text
+    finally:
+        stop()
+
+
+def test_a_request_that_breaks_sampling_harms_no_one_else(client, tiny_loaded):
+    """Temperatures and penalties this small once made NaN probabilities, and the failure ended every
+    sequence in the batch with 500. Now they sample (greedy below 1e-5) and the others are as alone."""
+    engine = LocalEngine(tiny_loaded)
+    others = [dict(temperature=0.9, seed=s) for s in range(4)]
+    tiny = [dict(temperature=1e-45, seed=9), dict(temperature=1.0, seed=9, extra_body={"repetition_penalty": 1e-45})]
+    requests = others + tiny
+    results: list = [None] * len(requests)
+
+    def ask(i: int) -> None:
+        try:
+            results[i] = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=24,
+                                                        **requests[i]).choices[0].message.content
+        except openai.APIError as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    alone = [engine.generate(HELLO, SamplingParams(max_new_tokens=24, **r)) for r in others]
+    assert results[: len(others)] == alone
+    assert results[len(others)] == engine.generate(HELLO, SamplingParams(temperature=0, max_new_tokens=24))
+    assert isinstance(results[-1], str)
+
+
+def test_a_request_larger_than_the_queue_is_400_naming_n(client, server):
+    limit = server[1].state.options.max_queue
+    prompts = ["Hello"] * 16
+    with pytest.raises(openai.BadRequestError) as caught:  # 16 x 8 = 128 sequences: it could never be queued
+        client.completions.create(model="tiny", prompt=prompts, n=8, max_tokens=2)
+    assert 16 * 8 > limit and caught.value.body["param"] == "n"
+    assert "128 sequences" in caught.value.message and str(limit) in caught.value.message
+
+
+def test_limits_the_sampler_keeps_are_400s_naming_the_field(client):
+    # Limits that live in SamplingParams.check() (one place for every front end), not in the route's schema.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="tiny", prompt="Hello", max_tokens=2, stop=["x" * 257])
+    assert caught.value.body["param"] == "stop" and "256" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:  # choice 2's seed, seed + 1, is past int64
+        client.completions.create(model="tiny", prompt="Hello", max_tokens=2, n=2, seed=2**63 - 1)
+    assert caught.value.body["param"] == "seed"
+
+
+def test_logprob_bytes_are_each_tokens_own(client):
+    """A character split over tokens: each token's `bytes` are its own slice of it, as OpenAI reports."""
+    reply = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=40, temperature=1.0, seed=2,
+                                           logprobs=True, top_logprobs=2)
+    choice = reply.choices[0]
+    pieces = [bytes(entry.bytes) for entry in choice.logprobs.content]
+    assert b"".join(pieces).decode(errors="replace") == choice.message.content  # a random model may emit stray bytes
+    assert any(_partial(piece) for piece in pieces)  # this seed's reply splits a character (the case under test)
+    for entry in choice.logprobs.content:
+        for alternative in [entry, *entry.top_logprobs]:
+            assert bytes(alternative.bytes).decode(errors="replace") == alternative.token
+
+
+def _partial(piece: bytes) -> bool:
+    try:
+        piece.decode()
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_text_offsets_point_at_each_token(client, stream):
+    """A stop string's first letter is held back until the next token shows it is not the stop: the
+    offsets must still point where each token's text starts."""
+    args = dict(model="tiny", prompt="Say hello.", max_tokens=40, temperature=1.0, seed=2, logprobs=0,
+                stop=["e~~~"])
+    chunks = client.completions.create(**args, stream=True) if stream else [client.completions.create(**args)]
+    text, tokens, offsets = "", [], []
+    for chunk in chunks:
+        choice = chunk.choices[0]
+        text += choice.text
+        if choice.logprobs:
+            tokens += choice.logprobs.tokens
+            offsets += choice.logprobs.text_offset
+    assert offsets == sorted(offsets) and len(tokens) == 40
+    whole = [(t, o) for t, o in zip(tokens, offsets) if "\ufffd" not in t]
+    assert any(t.endswith("e") for t, _ in whole[:-1])  # some text was held back (the case under test)
+    for token, offset in whole:
+        assert text[offset : offset + len(token)] == token
+
+
+def test_a_client_that_leaves_before_its_turn_frees_its_place(tiny_loaded, tmp_path):
+    from parley.serve.app import ServeOptions, create_app
+
+    app = create_app(ServeOptions(max_batch=1, max_queue=1, max_tokens=1000, db=tmp_path / "db"),
+                     engine=LocalEngine(tiny_loaded))
+    url, stop = start_server(app)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+    long = dict(model="tiny", messages=HELLO, max_tokens=1000, temperature=1.0)
+
+    def health() -> dict:
+        return httpx.get(url + "/health").json()
+
+    try:
+        a = client.chat.completions.create(**long, seed=0, stream=True)  # seeded: the same run every time
+        next(iter(a))  # A holds the only batch slot
+        body = json.dumps(long).encode()
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as b:  # B takes the one place in the line...
+            b.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: "
+                      f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            while health()["waiting"] < 1:
+                time.sleep(0.01)
+        deadline = time.monotonic() + 30  # ...and leaves: its place is free once the server notices
+        while (now := health())["waiting"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert now == now | {"waiting": 0, "active": 1}  # freed by B leaving, while A still decodes
+        answers: list = []
+        c = threading.Thread(target=lambda: answers.append(
+            client.chat.completions.create(**(long | {"max_tokens": 2})).choices[0].finish_reason))
+        c.start()  # C queues behind A (before the fix: 429, the line still held B)
+        while health()["waiting"] < 1 and c.is_alive():
+            time.sleep(0.01)
+        a.close()
+        c.join(timeout=120)
+        assert answers and answers[0] in ("stop", "length")
     finally:
         stop()

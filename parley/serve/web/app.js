@@ -52,8 +52,42 @@
   }
 
   // ---- Rendering ----------------------------------------------------------------------------
+  // Messages are untrusted (a model can be prompt-injected; the API stores what clients send), so
+  // only the markup Markdown needs survives: no forms or inputs to hijack the composer, no ids or
+  // names to clobber the page's elements, no style to fake a prompt, no images or frames to send
+  // data out. The server's Content-Security-Policy is the second line behind this.
+  const SAFE_MARKDOWN = {
+    ALLOWED_TAGS: ["a", "blockquote", "br", "code", "del", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "li",
+      "ol", "p", "pre", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul"],
+    ALLOWED_ATTR: ["href", "title", "align", "class", "start"],
+    ALLOW_DATA_ATTR: false,
+    ALLOW_ARIA_ATTR: false,
+  };
+  // `class` only as marked writes it on code blocks (language-python), for highlight.js: a message
+  // must not borrow the page's own classes.
+  DOMPurify.addHook("uponSanitizeAttribute", (node, data) => {
+    if (data.attrName === "class") data.keepAttr = node.nodeName === "CODE" && /^language-[\w+#-]+$/.test(data.attrValue);
+  });
+  // HTML written in a message is shown as the text it is (as it would be in a terminal), never
+  // parsed: even inert, a parsed <style> would trip the CSP. Markdown's images become links (nothing
+  // loads) and task boxes a box character.
+  const RENDERER = {
+    html({ text, block }) {
+      const holder = document.createElement(block ? "p" : "span");
+      holder.textContent = text;
+      return block ? holder.outerHTML : holder.innerHTML;
+    },
+    image({ href, text }) {
+      const link = document.createElement("a");
+      link.href = href;
+      link.textContent = text || href;
+      return link.outerHTML;
+    },
+    checkbox({ checked }) { return checked ? "\u2611 " : "\u2610 "; },
+  };
+
   function renderMarkdown(element, text) {
-    element.innerHTML = DOMPurify.sanitize(marked.parse(text, { gfm: true, breaks: false }));
+    element.innerHTML = DOMPurify.sanitize(marked.parse(text, { gfm: true, breaks: false }), SAFE_MARKDOWN);
     for (const code of element.querySelectorAll("pre > code")) {
       hljs.highlightElement(code);
       const button = document.createElement("button");
@@ -275,7 +309,7 @@
   }
 
   function start() {
-    marked.use({ gfm: true });
+    marked.use({ gfm: true, renderer: RENDERER });
     $("fallback").hidden = true;
     $("app").hidden = false;
     $("api-key").value = localStorage.getItem("parley.key") || "";
