@@ -268,23 +268,23 @@ class _Reply:
 async def plain(request: Request):
     """The page's fallback without JavaScript: one question in a form, the answer as plain text."""
     if _cross_site(request):
-        return HTMLResponse(_plain_page("", "Refused: this form was posted from another site. Open this "
-                                            "server's own page and ask there."), status_code=403)
+        return _plain_page("", "Refused: this form was posted from another site. Open this "
+                           "server's own page and ask there.", 403)
     form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
     keys = request.app.state.options.api_keys
     given = form.get("key", "").encode()
     if keys and not sum(hmac.compare_digest(given, key.encode()) for key in keys):
-        return HTMLResponse(_plain_page("", "Wrong or missing API key."), status_code=401)
+        return _plain_page("", "Wrong or missing API key.", 401)
     question = form.get("message", "").strip()
     if not question:
-        return HTMLResponse(_plain_page("", "Type a message first."), status_code=400)
+        return _plain_page("", "Type a message first.", 400)
     store = _store(request)
     cid = await run_in_threadpool(store.new_conversation, model=request.app.state.served_name)
     try:
         body = await _reply(request, cid, None, False, new_message=question)
     except ApiError as e:
-        return HTMLResponse(_plain_page(question, e.message), status_code=e.status)
-    return HTMLResponse(_plain_page(question, body["message"]["content"]))
+        return _plain_page(question, e.message, e.status)
+    return _plain_page(question, body["message"]["content"])
 
 
 def _cross_site(request: Request) -> bool:
@@ -299,11 +299,16 @@ def _cross_site(request: Request) -> bool:
     return urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
 
 
-def _plain_page(question: str, answer: str) -> str:
-    return (
+# The fallback page runs no script at all: only its own inline styles, and its form posts back here.
+PLAIN_CSP = ("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; "
+             "base-uri 'none'")
+
+
+def _plain_page(question: str, answer: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(status_code=status, headers={"Content-Security-Policy": PLAIN_CSP}, content=(
         "<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
         "<title>Parley</title><body style='font-family:sans-serif;max-width:50rem;margin:1rem auto;padding:0 1rem'>"
         f"<p><b>You:</b></p><pre style='white-space:pre-wrap'>{html.escape(question)}</pre>"
         f"<p><b>Parley:</b></p><pre style='white-space:pre-wrap'>{html.escape(answer)}</pre>"
         "<p><a href='/'>Back</a></p></body>"
-    )
+    ))

@@ -159,6 +159,9 @@ def test_plain_fallback_form(api):
     response = api.post("/plain", data={"message": "<b>Hi</b> & bye"})
     assert response.status_code == 200
     assert "&lt;b&gt;Hi&lt;/b&gt; &amp; bye" in response.text and "<b>Hi</b>" not in response.text
+    # The answer is the model's text: escaped, and a page that may run no script and load nothing.
+    policy = dict(part.strip().split(" ", 1) for part in response.headers["content-security-policy"].split(";"))
+    assert policy["default-src"] == "'none'" and "script-src" not in policy and policy["form-action"] == "'self'"
     titles = [c["title"] for c in api.get("/v1/conversations").json()["data"]]
     assert "<b>Hi</b> & bye" in titles
 
