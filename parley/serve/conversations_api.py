@@ -20,7 +20,7 @@ survives a crash of the server. A reply cut short by the client (the page's Stop
 far as it got; the user's message is stored as soon as its reply has been queued.
 
 `params` are checked by `SamplingParams.check()` wherever they are stored or used (create, PATCH, a
-message, regenerate): a 400 names `params.<field>` (e.g. at most 4 non-empty stop strings, a seed in
+message, regenerate): a 400 names `params.<field>` (e.g. at most 16 non-empty stop strings, a seed in
 0..2**63-1). Regenerating keeps the old reply until the new one is stored; it then replaces it in one
 transaction, or, if the conversation changed meanwhile (another client added a message or
 regenerated), answers 409 `conversation_changed` and stores nothing. An empty new reply (an immediate
