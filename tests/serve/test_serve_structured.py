@@ -60,6 +60,14 @@ def test_json_object_gives_parseable_json(client, stream):
     assert isinstance(json.loads(text), dict)
 
 
+def test_completions_take_response_format_too(client):
+    """As vLLM does: a raw-prompt continuation constrained to the schema."""
+    reply = client.completions.create(model="tiny", prompt="The event:", max_tokens=200, temperature=1.0, seed=2,
+                                      extra_body={"response_format": {"type": "json_schema", "json_schema": {
+                                          "name": "event", "schema": Event.model_json_schema()}}})
+    Event.model_validate_json(reply.choices[0].text)
+
+
 def test_text_format_is_plain_decoding(client):
     args = dict(model="tiny", messages=ASK, max_tokens=12, temperature=0)
     plain = client.chat.completions.create(**args).choices[0].message.content
