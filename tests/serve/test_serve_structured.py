@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
+import httpx
 import openai
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
@@ -88,6 +89,16 @@ def test_a_bad_response_format_is_a_400_naming_the_part(client, response_format,
     error = caught.value.body
     assert error["param"] == param
     assert words in error["message"]
+
+
+def test_a_stored_conversation_can_reply_under_a_schema(server):
+    """The conversations API takes SamplingParams fields, json_schema among them, and stores them."""
+    schema = Event.model_json_schema()
+    with httpx.Client(base_url=server[0], timeout=60) as http:
+        cid = http.post("/v1/conversations", json={"params": {"json_schema": schema, "seed": 1}}).json()["id"]
+        reply = http.post(f"/v1/conversations/{cid}/messages", json={"content": "The event?", "stream": False})
+        Event.model_validate_json(reply.json()["message"]["content"])
+        assert http.get(f"/v1/conversations/{cid}").json()["params"]["json_schema"] == schema
 
 
 def test_the_remote_backend_asks_its_service_for_the_schema(server):
