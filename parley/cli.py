@@ -71,6 +71,9 @@ def chat(
     top_k: Optional[int] = typer.Option(None, help="Sample from the k most likely tokens (0 = off)."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Reply length limit in tokens."),
     seed: Optional[int] = typer.Option(None, help="Make sampling reproducible."),
+    json_schema: Optional[Path] = typer.Option(
+        None, "--json-schema", help="A JSON Schema file: the reply is JSON that matches it (constrained decoding).",
+    ),
     base_url: Optional[str] = BaseUrlOption,
     device: str = DeviceOption,
     dtype: str = DtypeOption,
@@ -79,7 +82,8 @@ def chat(
     """Talk to the assistant. Interactive in a terminal; one answer in plain text with -p or a pipe."""
     from parley.terminal import ChatOptions, run_chat
 
-    flags = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
+    flags = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed,
+                 json_schema=_schema_file(json_schema) if json_schema else None)
     options = ChatOptions(
         model=model, device=device, dtype=dtype, system=system, resume=resume, base_url=base_url,
         params={k: v for k, v in flags.items() if v is not None}, compile=compile,
@@ -87,6 +91,24 @@ def chat(
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
     run_chat(options, once=prompt)
+
+
+def _schema_file(path: Path) -> dict:
+    """The JSON Schema in `path`, checked now (before the model loads) with the error naming the file."""
+    import json
+
+    from parley.constraints import GrammarError, json_grammar
+
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        json_grammar(schema)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--json-schema {path}: cannot read it as UTF-8 text ({e})") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--json-schema {path}: not valid JSON ({e})") from None
+    except GrammarError as e:
+        raise ConfigError(f"--json-schema {path}: {e}") from None
+    return schema
 
 
 @app.command()

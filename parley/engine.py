@@ -26,6 +26,11 @@ probabilities; and whatever one sequence raises while its token is chosen, its s
 its text decoded ends that sequence alone (`Sequence.error`, `pick` returns None), never its batch.
 When several stop strings appear at once, the reply ends at the earliest in the text.
 
+Constrained decoding: `SamplingParams.json_schema` gives the sequence a `constraints.Constraint`, whose
+mask sets the tokens its grammar forbids to -inf before temperature and top-p/k (that sequence's logits
+only, so batch neighbours are untouched); the reply ends ("stop") when the JSON is complete. Logprobs
+stay the model's own, before the mask.
+
 Encoder-decoder models (T5, BART) decode in a `parley.seq2seq.Seq2SeqBatch` instead (`new_batch()` chooses).
 
 Limits: prefix reuse and batched rows are for decoder-only models; an encoder-decoder batch steps its
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import math
 import os
 import re
@@ -53,6 +59,7 @@ from transformers import (
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from parley.batching import BatchDriver, Driver
+from parley.constraints import Constraint, GrammarError, grammar_tokenizer, json_grammar
 from parley.conversation import Fitted, fit_messages, reply_room
 from parley.errors import ConfigError, ContextError
 from parley.compiled import CompiledStep
@@ -91,6 +98,9 @@ class SamplingParams:
     seed: int | None = None  # fixes the sampling; None = fresh randomness each time
     stop: list[str] = field(default_factory=list)  # strings that end the reply (not included in it)
     top_logprobs: int = 0  # how many likely alternatives to report beside each token (0-20)
+    # Constrain the reply to JSON matching this JSON Schema (constraints.py); {"type": "object"} = any
+    # JSON object; None = free text. The reply ends ("stop") when the JSON is complete.
+    json_schema: dict | None = None
 
     def check(self) -> SamplingParams:
         """Every limit in one place: the CLI, /params, the OpenAI routes and stored conversations all
@@ -108,6 +118,11 @@ class SamplingParams:
             if not ok:
                 raise ParamError(key, f"{key}={getattr(self, key)} is out of range: it must be {allowed}")
         _check_stops(self.stop)
+        if self.json_schema is not None:
+            try:
+                json_grammar(self.json_schema)
+            except GrammarError as e:
+                raise ParamError("json_schema", str(e)) from None
         return self
 
     def updated(self, **values: str | float | int | list | None) -> SamplingParams:
@@ -144,6 +159,11 @@ def _check_stops(stops) -> None:
 
 
 def _convert(key: str, text: str, current):
+    if key == "json_schema":  # /params json_schema={"type": "object"}
+        try:
+            return json.loads(text) if text.lower() not in ("none", "") else None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"json_schema is not valid JSON ({e})") from None
     if key == "stop":
         return [s for s in text.split(",") if s] if text else []
     if key == "seed" and text.lower() in ("none", ""):
@@ -182,6 +202,8 @@ class Sequence:
         self.stops = list(params.stop) + engine.loaded.stop_strings
         self.greedy = params.temperature < SAMPLING_EPS
         self.processors = _processors(params, self.greedy)
+        self.constraint = (None if params.json_schema is None else
+                           Constraint(engine.grammar_tokenizer(), json_grammar(params.json_schema)))
         self._full = ""  # all complete text decoded so far (held-back text included)
         self._prefix = self._read = 0  # token offsets of the incremental detokenizer (see _decoded)
 
@@ -203,6 +225,8 @@ class Sequence:
     def _pick(self, logits: torch.Tensor) -> Token:
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         scores = logits.float()[None]  # fp32 whatever the model's dtype (fp16 overflows at 65504)
+        if self.constraint:  # before the warpers, so temperature and top-p share out only what is allowed
+            scores = self.constraint.mask(scores[0])[None]
         if self.processors:  # the repetition penalty needs the history; the warpers ignore it
             history = torch.tensor([self.prompt_ids + self.ids], device=logits.device)
             scores = self.processors(history, scores)
@@ -218,6 +242,8 @@ class Sequence:
             top_ids = ids.tolist()
             decode = self.engine.loaded.tokenizer.decode
             top = [(decode([i]), float(v)) for v, i in zip(values, top_ids)]
+        if self.constraint:
+            self.constraint.advance(token_id)
         return Token(token_id, self._release(token_id), float(logprobs[token_id]), top, top_ids)
 
     def _release(self, token_id: int) -> str:
@@ -233,6 +259,9 @@ class Sequence:
         if cut != -1:
             self.finish_reason = "stop"
             return self._flush(full[:cut])
+        if self.constraint and self.constraint.done:  # the JSON is complete: nothing may follow it
+            self.finish_reason = "stop"
+            return self._flush(full)
         if len(self.ids) >= self.max_new_tokens:
             self.finish_reason = "length"
             return self._flush(full)
@@ -424,6 +453,7 @@ class LocalEngine:
         # Byte-level BPE (GPT-2, Llama 3, SmolLM2) spells each byte as one of 256 characters (see piece()).
         decoder = getattr(getattr(loaded.tokenizer, "backend_tokenizer", None), "decoder", None)
         self._byte_level = "ByteLevel" in repr(decoder)
+        self._grammar_tokenizer = None  # built on the first constrained request (constraints.py)
 
     @property
     def spec(self) -> str:
@@ -493,6 +523,12 @@ class LocalEngine:
         if match := _BYTE_TOKEN.fullmatch(name):
             return bytes([int(match[1], 16)])
         return tokenizer.decode([token_id]).encode()
+
+    def grammar_tokenizer(self):
+        """The tokenizer as the grammar library reads it, built once (~0.3 s) when first needed."""
+        if self._grammar_tokenizer is None:
+            self._grammar_tokenizer = grammar_tokenizer(self.loaded)
+        return self._grammar_tokenizer
 
     def driver(self, max_batch: int = 8, max_queue: int = 64) -> BatchDriver:
         """One thread decoding up to `max_batch` sequences together (batching.BatchDriver)."""

@@ -13,7 +13,8 @@ streams (`driver()` is a batching.StreamDriver): the service batches them itself
 Limits: a remote token has no id here (`Token.id` is -1) and one streamed chunk becomes one Token
 (a chunk may hold several tokens; its logprob is their sum). `logprob` is NaN unless
 `top_logprobs` > 0 asked the service for them. `top_k`, `repetition_penalty` are sent as extra body
-fields, which vLLM and Parley honour and strict services may reject. `count` is an estimate (about
+fields, which vLLM and Parley honour and strict services may reject; `json_schema` is sent as
+`response_format` (json_schema), which OpenAI, vLLM and Parley honour on chat. `count` is an estimate (about
 four characters a token) and `fit` passes messages through unchanged: the remote's tokenizer is not
 available here, so the service fits the context or refuses with an error.
 """
@@ -128,6 +129,9 @@ class RemoteEngine:
             extra["top_k"] = params.top_k
         if params.repetition_penalty != 1.0:
             extra["repetition_penalty"] = params.repetition_penalty
+        if params.json_schema is not None:  # OpenAI's shape; vLLM takes it on /v1/completions too
+            extra["response_format"] = {"type": "json_schema",
+                                        "json_schema": {"name": "reply", "schema": params.json_schema}}
         if extra:
             args["extra_body"] = extra
         return args

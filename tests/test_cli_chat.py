@@ -16,6 +16,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from test_constraints import PERSON, check_person
 from tiny_models import tiny_llama
 
 PARLEY = str(Path(sys.executable).with_name("parley"))
@@ -80,6 +81,30 @@ def test_bad_input_is_one_line_without_traceback(args, message):
     result = run("chat", *args)
     assert result.returncode == 2
     assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_one_shot_json_schema_prints_json_that_matches_it(tiny_dir, tmp_path):
+    schema = tmp_path / "person.json"
+    schema.write_text(json.dumps(PERSON))
+    result = run("chat", "--model", tiny_dir, "-p", "Describe a person.", "--json-schema", str(schema),
+                 "--temperature", "1", "--seed", "2", "--max-new-tokens", "200")
+    assert result.returncode == 0, result.stderr
+    check_person(json.loads(result.stdout))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    ('{"type": "object", "not": {}}', 'Unimplemented keys: ["not"]'),
+    (None, "cannot read it"),
+])
+def test_a_bad_json_schema_file_is_one_line_naming_it(tmp_path, content, message):
+    schema = tmp_path / "schema.json"
+    if content is not None:
+        schema.write_text(content)
+    result = run("chat", "-p", "hi", "--json-schema", str(schema))
+    assert result.returncode == 2
+    assert f"--json-schema {schema}: " in result.stderr and message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 

@@ -9,8 +9,8 @@
     POST   /v1/conversations/{cid}/regenerate  {params?, stream?}: replace the last reply
     POST   /plain                              the page's no-script fallback (an HTML form)
 
-`params` are SamplingParams fields (temperature, top_p, top_k, max_new_tokens, seed, ...); those sent
-with a message are saved to the conversation, so continuing it later restores them. Each reply is
+`params` are SamplingParams fields (temperature, top_p, top_k, max_new_tokens, seed, json_schema, ...);
+those sent with a message are saved to the conversation, so continuing it later restores them. Each reply is
 a `session.Session` turn, as in `parley chat`: the history goes through the rolling buffer (system
 prompt kept, oldest turns dropped first, room kept for the reply); the reply's first event says
 what was dropped. Replies stream as server-sent

@@ -3,7 +3,10 @@
 Request and response shapes follow OpenAI's, so the official clients work unchanged:
 `messages`/`prompt`, `model`, `temperature`, `top_p`, `max_tokens` (or `max_completion_tokens`),
 `stop`, `seed`, `n`, `stream` (+ `stream_options.include_usage`), `logprobs`/`top_logprobs`, and
-`usage` counts. Extensions, as in vLLM: `top_k`, `repetition_penalty`.
+`usage` counts, `response_format` (`text`, `json_object`, `json_schema` with or without `strict`:
+either way the reply is decoded under the schema's grammar, so it parses and validates; see
+parley/constraints.py). Extensions, as in vLLM: `top_k`, `repetition_penalty`, and
+`response_format` on /v1/completions too.
 
 Rules: `max_tokens` is capped at the server's `--max-tokens`; an explicit `max_tokens` that does not
 fit beside the prompt, or a prompt over the context window, is a 400 naming both lengths (never a
@@ -30,7 +33,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from parley.batching import Event
-from parley.engine import SamplingParams
+from parley.constraints import JSON_OBJECT
+from parley.engine import ParamError, SamplingParams
 from parley.serve.api_errors import ApiError, translate
 from parley.serve.streaming import check_room, first_event, follow, sse, submit
 
@@ -46,6 +50,29 @@ class _Strict(BaseModel):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+
+
+class JsonSchemaFormat(_Strict):
+    name: str = Field(max_length=64)
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema")  # None: any JSON object
+    strict: bool | None = None  # the reply is constrained to the schema either way
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def schema(self) -> dict | None:
+        """The JSON Schema the reply is constrained to (SamplingParams.json_schema); None for text."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return JSON_OBJECT
+        if self.json_schema is None:
+            raise ApiError(400, "response_format.json_schema is required when type is json_schema: "
+                                "give {\"name\": ..., \"schema\": {...}}", param="response_format.json_schema")
+        return JSON_OBJECT if self.json_schema.schema_ is None else self.json_schema.schema_
 
 
 class Sampling(_Strict):
@@ -65,6 +92,7 @@ class Sampling(_Strict):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     user: str | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop")
     @classmethod
@@ -88,7 +116,15 @@ class Sampling(_Strict):
             max_new_tokens=min(max_tokens or cap, cap),
             stop=list(self.stop or []),
             top_logprobs=top_logprobs,
+            json_schema=self.response_format.schema() if self.response_format else None,
         )
+        try:
+            base.check()  # here, not in the driver, so a schema it cannot compile names the API's field
+        except ParamError as e:
+            if e.key != "json_schema":
+                raise
+            raise ApiError(400, f"response_format.json_schema.schema: {e}",
+                           param="response_format.json_schema.schema") from None
         seeds = [None if self.seed is None else self.seed + i for i in range(self.n)]
         return [dataclasses.replace(base, seed=seed, stop=list(base.stop)) for seed in seeds]
 

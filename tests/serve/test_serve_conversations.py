@@ -173,6 +173,7 @@ BAD_PARAMS = [
     ({"stop": [str(i) for i in range(70_000)]}, "params.stop"),  # under the body limit, slow on every token
     ({"seed": 2**70}, "params.seed"),  # torch refuses it: every later message would be a 500
     ({"seed": -1}, "params.seed"),
+    ({"json_schema": {"type": "object", "not": {}}}, "params.json_schema"),  # llguidance cannot compile `not`
 ]
 
 
