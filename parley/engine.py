@@ -186,6 +186,17 @@ class Token:
     top_ids: list[int] = field(default_factory=list)  # the alternatives' token ids; [] where unknown (remote)
 
 
+@dataclass
+class Scored:
+    """One prompt token as `Engine.score` sees it: its logprob given the tokens before it (None for the
+    first, which nothing predicts) and the `top` likeliest tokens in its place (bytes, logprob), best first."""
+
+    id: int
+    piece: bytes  # the token's own bytes (LocalEngine.piece)
+    logprob: float | None
+    top: list[tuple[bytes, float]] = field(default_factory=list)
+
+
 class Sequence:
     """One request being decoded: its prompt, sampling state, and the reply text released so far."""
 
@@ -434,6 +445,14 @@ class Engine(Protocol):
         """A started continuous-batching driver over this engine (batching.py)."""
         ...
 
+    def score(self, text: str | list[int], top: int = 0) -> list[Scored]:
+        """Each token's logprob given the ones before it (the first: None), from one forward pass."""
+        ...
+
+    def embed(self, text: str | list[int]) -> tuple[list[float], int]:
+        """(a unit-length vector for the text: the mean of the model's last hidden states, tokens read)."""
+        ...
+
 
 class LocalEngine:
     """Generation over one loaded model. Not thread-safe: one caller (or one driver) drives it."""
@@ -529,6 +548,44 @@ class LocalEngine:
         if self._grammar_tokenizer is None:
             self._grammar_tokenizer = grammar_tokenizer(self.loaded)
         return self._grammar_tokenizer
+
+    @torch.inference_mode()
+    def score(self, text: str | list[int], top: int = 0) -> list[Scored]:
+        """Each prompt token's logprob under the model, as OpenAI's `echo` + `logprobs` reports them (what
+        log-likelihood evaluation reads). One forward over the whole prompt with no KV cache, so it is safe
+        beside the driver's thread, which owns the batch's cache; the caller bounds how many run at once."""
+        ids = self._whole_prompt(text)
+        logits = self.loaded.model(input_ids=torch.tensor([ids], device=self.loaded.device)).logits[0]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (T, V): row t predicts token t+1
+        scored = [Scored(ids[0], self.piece(ids[0]), None)]
+        for t, token_id in enumerate(ids[1:]):
+            alternatives = []
+            if top:
+                values, best = torch.topk(logprobs[t], top)
+                alternatives = [(self.piece(i), v) for i, v in zip(best.tolist(), values.tolist())]
+            scored.append(Scored(token_id, self.piece(token_id), float(logprobs[t, token_id]), alternatives))
+        return scored
+
+    @torch.inference_mode()
+    def embed(self, text: str | list[int]) -> tuple[list[float], int]:
+        """(vector, tokens read): the served model's last hidden states, mean-pooled and scaled to unit
+        length. A plain embedding, not a trained retrieval model: similarity follows the model's own view
+        of the text. Safe beside the driver's thread, as `score` is."""
+        ids = self._whole_prompt(text)
+        out = self.loaded.model(input_ids=torch.tensor([ids], device=self.loaded.device), output_hidden_states=True)
+        pooled = out.hidden_states[-1][0].float().mean(dim=0)  # (T, C) -> (C,)
+        return torch.nn.functional.normalize(pooled, dim=0).tolist(), len(ids)
+
+    def _whole_prompt(self, text: str | list[int]) -> list[int]:
+        if getattr(self.loaded.model.config, "is_encoder_decoder", False):
+            raise ConfigError("scoring and embedding text need a decoder-only model; this one is encoder-decoder")
+        ids = self.prompt_ids(text) if isinstance(text, str) else text
+        if not ids or len(ids) > self.loaded.context_window:
+            raise ContextError(f"the text is {len(ids)} tokens; it must be 1 to {self.loaded.context_window} "
+                               "(the model's context window)")
+        if max(ids) >= len(self.loaded.tokenizer) or min(ids) < 0:
+            raise ConfigError(f"token ids must be 0 to {len(self.loaded.tokenizer) - 1}")
+        return ids
 
     def driver(self, max_batch: int = 8, max_queue: int = 64) -> BatchDriver:
         """One thread decoding up to `max_batch` sequences together (batching.BatchDriver)."""

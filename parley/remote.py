@@ -111,6 +111,14 @@ class RemoteEngine:
         """The messages unchanged, with `count`'s estimate: the service fits its own window, or refuses."""
         return Fitted(list(messages), self.count(messages))
 
+    def score(self, text: str | list[int], top: int = 0):
+        raise ConfigError("prompt logprobs (echo with logprobs) need the model's own forward pass: "
+                          "a remote openai: model cannot give them here; ask its service directly")
+
+    def embed(self, text: str | list[int]):
+        raise ConfigError("embeddings come from the served model's hidden states: a remote openai: model "
+                          "has none here; ask its service's /v1/embeddings directly")
+
     def driver(self, max_batch: int = 8, max_queue: int = 64) -> StreamDriver:
         """Up to `max_batch` concurrent streams (batching.StreamDriver); the service batches them."""
         return StreamDriver(self.stream, max_batch, max_queue)

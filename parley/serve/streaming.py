@@ -1,6 +1,6 @@
 """What the OpenAI routes and the conversation routes share: queueing a generation on the engine's
 driver (batching.py), following it on the event loop while watching for the client to leave, and
-server-sent events.
+server-sent events; and `beside`, the bounded lane for whole-prompt forwards (scoring, embeddings).
 
 The driver delivers events from its own threads; `AsyncTicket` hops each one onto the request's
 event loop (`loop.call_soon_threadsafe`) into an asyncio queue. A client that disconnects is noticed
@@ -135,3 +135,17 @@ def check_room(ticket: AsyncTicket, requested: int | None, window: int) -> None:
                 "or shorten the prompt",
                 param="max_tokens", code="context_length_exceeded",
             )
+
+
+async def beside(request: Request, work, *args):
+    """Run `work(*args)` (a whole-prompt forward: Engine.score or embed) off the event loop, one at a time
+    per server, so scoring and embedding share the CPU/GPU with decoding without crowding it out.
+    Errors become ApiErrors."""
+    state = request.app.state
+    if getattr(state, "beside", None) is None:  # made on the loop that uses it
+        state.beside = asyncio.Semaphore(1)
+    async with state.beside:
+        try:
+            return await run_in_threadpool(work, *args)
+        except Exception as e:
+            raise translate(e) from e
