@@ -1,4 +1,5 @@
-"""The OpenAI-compatible routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models.
+"""The OpenAI-compatible routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models and
+/v1/models/{id} (embeddings_api.py and responses_api.py hold /v1/embeddings and /v1/responses).
 
 Request and response shapes follow OpenAI's, so the official clients work unchanged:
 `messages`/`prompt`, `model`, `temperature`, `top_p`, `max_tokens` (or `max_completion_tokens`),
@@ -13,7 +14,14 @@ fit beside the prompt, or a prompt over the context window, is a 400 naming both
 silent cut). `n` choices are n sequences seeded seed, seed+1, ... . A request of more sequences
 (prompts x n) than `--max-queue` is a 400 naming `n` (or `prompt`): it could never be queued. A
 `model` other than the served one is a 404, as OpenAI does. Unsupported features (tools, images,
-echo, penalties other than 0) are 400s that name the field.
+penalties other than 0) are 400s that name the field.
+
+Echo (/v1/completions): `echo: true` starts each choice's text with its prompt; with `logprobs`, the
+prompt's tokens come first in `tokens`, `token_logprobs`, `top_logprobs` and `text_offset`, scored by the
+model's own forward pass (Engine.score), the first token's logprob and alternatives null, as OpenAI and
+vLLM give them. `max_tokens: 0` with echo returns the prompt's logprobs alone (finish_reason "length"):
+the log-likelihood pattern of evaluation harnesses (lm-evaluation-harness). A remote model cannot score
+prompts: echo with logprobs is then a 400.
 
 Logprobs: each token's `bytes` are its own (a character split over two tokens gives each its slice, and
 `token` shows U+FFFD for a part of a character); `text_offset` counts the characters those bytes
@@ -36,7 +44,7 @@ from parley.batching import Event
 from parley.constraints import JSON_OBJECT
 from parley.engine import ParamError, SamplingParams
 from parley.serve.api_errors import ApiError, translate
-from parley.serve.streaming import check_room, first_event, follow, sse, submit
+from parley.serve.streaming import beside, check_room, first_event, follow, sse, submit
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 MAX_N = 8
@@ -154,6 +162,7 @@ class ChatRequest(Sampling):
 
 class CompletionRequest(Sampling):
     prompt: str | list[str] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=0)  # 0: score the prompt alone (with echo)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     suffix: str | None = None
@@ -163,11 +172,21 @@ class CompletionRequest(Sampling):
 @router.get("/models")
 async def models(request: Request):
     """The one model this server serves, with its context window."""
+    return {"object": "list", "data": [_card(request)]}
+
+
+@router.get("/models/{model_id:path}")
+async def model(model_id: str, request: Request):
+    """The served model's card; any other id is a 404 (ids may hold slashes: hub ids, paths)."""
+    _check_model(request, model_id)
+    return _card(request)
+
+
+def _card(request: Request) -> dict:
     state = request.app.state
-    return {"object": "list", "data": [{
-        "id": state.served_name, "object": "model", "created": 0, "owned_by": "parley",
-        "max_model_len": state.engine.context_window,
-    }]}
+    return {"id": state.served_name, "object": "model", "created": 0, "owned_by": "parley",
+            "max_model_len": state.engine.context_window,
+            "embeddings": "the served model's last hidden states, mean-pooled and normalised (POST /v1/embeddings)"}
 
 
 @router.post("/chat/completions")
@@ -189,8 +208,9 @@ async def chat_completions(body: ChatRequest, request: Request):
 async def completions(body: CompletionRequest, request: Request):
     """Continue `prompt` (a string, or a list of strings: one set of n choices each) as raw text."""
     _check_model(request, body.model)
-    if body.echo:
-        raise ApiError(400, "echo is not supported by this server", param="echo")
+    if body.max_tokens == 0 and not body.echo:
+        raise ApiError(400, "max_tokens: 0 asks for no reply, which only makes sense with echo: true "
+                            "(to score the prompt itself)", param="max_tokens")
     if body.suffix:
         raise ApiError(400, "suffix (fill-in-the-middle) is not supported by this server", param="suffix")
     if body.best_of not in (None, body.n):
@@ -198,13 +218,18 @@ async def completions(body: CompletionRequest, request: Request):
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) > MAX_PROMPTS or any(not p for p in prompts):
         raise ApiError(400, f"prompt: give 1 to {MAX_PROMPTS} non-empty strings", param="prompt")
-    params = body.params(request, body.logprobs or 0, body.max_tokens)
+    params = body.params(request, body.logprobs or 0, body.max_tokens or None)
     call = _Call(request, "text_completion", "cmpl-", body.logprobs is not None, body.stream_options)
+    if body.echo:
+        await call.echo_prompts(prompts, body.logprobs, scored=body.logprobs is not None or body.max_tokens == 0)
+    if body.max_tokens == 0:
+        return call.prompts_only(body.n, streaming=body.stream)
     work = [(prompt, p) for prompt in prompts for p in params]
     return await call.run(work, body.n, body.max_tokens, streaming=body.stream)
 
 
 def _check_model(request: Request, model: str) -> None:
+    """A 404 for a model other than the served one ("" means the served one)."""
     served = request.app.state.served_name
     if model and model != served:
         raise ApiError(404, f"the model {model!r} does not exist here: this server serves {served!r}",
@@ -235,7 +260,7 @@ class _Logprob:
     """One token's logprobs entry: its own bytes (maybe part of a character), where it starts in the text."""
 
     piece: bytes
-    logprob: float
+    logprob: float | None  # None: a prompt's first token (echo), which nothing predicts
     top: list[tuple[bytes, float]]  # alternatives (their own bytes, logprob), best first
     offset: int
 
@@ -261,6 +286,43 @@ class _Call:
         self.created = int(time.time())
         self.model = request.app.state.served_name
         self.include_usage = bool(stream_options and stream_options.include_usage)
+        self.echoed: list[tuple[str, list[_Logprob]]] = []  # per prompt (echo): its text, its tokens' logprobs
+        self.n = 1
+
+    async def echo_prompts(self, prompts: list[str], top: int | None, scored: bool) -> None:
+        """echo: each reply starts with its prompt; `scored`: with the prompt tokens' logprobs from the
+        model's own forward pass (Engine.score), the first token's null, as OpenAI and vLLM give them."""
+        engine = self.request.app.state.engine
+        for prompt in prompts:
+            entries = []
+            if scored:
+                choice = _Choice()  # only for its offsets, counted the way the reply's are
+                entries = [_Logprob(s.piece, s.logprob, s.top, choice.offset(s.piece))
+                           for s in await beside(self.request, engine.score, prompt, top or 0)]
+            self.echoed.append((prompt, entries))
+        self.prompt_tokens = sum(len(entries) for _, entries in self.echoed)
+
+    def prompts_only(self, n: int, streaming: bool):
+        """max_tokens 0 with echo (log-likelihood evaluation): the prompts and their logprobs, no reply."""
+        self.n = n
+        choices = [_Choice() for _ in range(len(self.echoed) * n)]
+        for choice in choices:
+            choice.finish_reason = "length"
+        if streaming:
+            return self._respond_stream(self._stream(None, _nothing(), choices))
+        return self._answer(choices)
+
+    def _respond_stream(self, events):
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def _answer(self, choices: list[_Choice]) -> dict:
+        return {"id": self.id, "object": self.kind, "created": self.created, "model": self.model,
+                "choices": [self._whole(i, c) for i, c in enumerate(choices)], "usage": self._usage(choices)}
+
+    def _echo(self, index: int) -> tuple[str, list[_Logprob]]:
+        """What choice `index` repeats of its prompt ("" and no entries without echo)."""
+        return self.echoed[index // self.n] if self.echoed else ("", [])
 
     async def run(self, work, n: int, max_tokens: int | None, streaming: bool):
         """`work`: (prompt, params) per choice, n choices per prompt."""
@@ -270,6 +332,7 @@ class _Call:
             raise ApiError(400, f"{param}: this request asks for {len(work) // n} prompt(s) × n={n} = {len(work)} "
                                 f"sequences but the server queues at most {limit} (--max-queue): lower n or send "
                                 "fewer prompts", param=param)
+        self.n = n
         ticket = await submit(self.request, work, pieces=self.logprobs)
         if max_tokens is not None:  # what the client asked for, after the server's cap
             max_tokens = min(max_tokens, self.request.app.state.options.max_tokens)
@@ -279,8 +342,7 @@ class _Call:
         first = await first_event(ticket, events)
         choices = [_Choice() for _ in work]
         if streaming:
-            return StreamingResponse(self._stream(first, events, choices), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return self._respond_stream(self._stream(first, events, choices))
         try:
             if first is not None:
                 self._add(choices[first.index], first)
@@ -288,8 +350,7 @@ class _Call:
                     self._add(choices[event.index], event)
         except Exception as e:
             raise translate(e) from e
-        return {"id": self.id, "object": self.kind, "created": self.created, "model": self.model,
-                "choices": [self._whole(i, c) for i, c in enumerate(choices)], "usage": self._usage(choices)}
+        return self._answer(choices)
 
     def _add(self, choice: _Choice, event: Event) -> None:
         if event.token is not None:
@@ -306,27 +367,39 @@ class _Call:
                 "total_tokens": self.prompt_tokens + completion}
 
     def _whole(self, index: int, choice: _Choice) -> dict:
-        logprobs = self._logprobs(choice.logprobs) if self.logprobs else None
+        logprobs = self._logprobs(choice.logprobs, index) if self.logprobs else None
         if self.chat:
             return {"index": index, "message": {"role": "assistant", "content": choice.text},
                     "logprobs": logprobs, "finish_reason": choice.finish_reason}
-        return {"index": index, "text": choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+        prompt, _ = self._echo(index)
+        return {"index": index, "text": prompt + choice.text, "logprobs": logprobs,
+                "finish_reason": choice.finish_reason}
 
-    def _logprobs(self, entries: list[_Logprob]) -> dict:
+    def _logprobs(self, entries: list[_Logprob], index: int, echo: bool = True) -> dict:
+        """`entries` of choice `index`, shaped for the route; completions with echo put the prompt's first
+        (when `echo`) and count offsets from the prompt's start."""
         if self.chat:
             return {"content": [
                 {"token": _text(e.piece), "logprob": e.logprob, "bytes": list(e.piece),
                  "top_logprobs": [{"token": _text(t), "logprob": v, "bytes": list(t)} for t, v in e.top]}
                 for e in entries]}
+        prompt, echoed = self._echo(index)
+        entries = (echoed if echo else []) + [dataclasses.replace(e, offset=e.offset + len(prompt)) for e in entries]
         return {"tokens": [_text(e.piece) for e in entries], "token_logprobs": [e.logprob for e in entries],
-                "top_logprobs": [{_text(t): v for t, v in e.top} for e in entries],
+                "top_logprobs": [None if e.logprob is None else {_text(t): v for t, v in e.top} for e in entries],
                 "text_offset": [e.offset for e in entries]}
 
     async def _stream(self, first: Event | None, events, choices: list[_Choice]):
         try:
-            if self.chat:
-                for index in range(len(choices)):
+            for index in range(len(choices)):
+                if self.chat:
                     yield sse(self._chunk(index, {"role": "assistant", "content": ""}))
+                elif self.echoed:  # the prompt (and its logprobs) come first, as vLLM streams them
+                    prompt, echoed = self._echo(index)
+                    logprobs = self._logprobs([], index) if self.logprobs else None
+                    yield sse(self._chunk(index, text=prompt, logprobs=logprobs))
+                if choices[index].finish_reason:  # nothing to generate (max_tokens 0)
+                    yield sse(self._chunk(index, finish=choices[index].finish_reason))
             if first is not None:
                 yield self._event(choices, first)
             async for event in events:
@@ -357,8 +430,13 @@ class _Call:
         self._add(choice, event)
         if event.token is None:
             return sse(self._chunk(event.index, finish=event.finish_reason))
-        logprobs = self._logprobs(choice.logprobs[-1:]) if self.logprobs else None
+        logprobs = self._logprobs(choice.logprobs[-1:], event.index, echo=False) if self.logprobs else None
         if not event.token.text and logprobs is None:
             return ""  # text held back (a partial character or a possible stop string): nothing to send yet
         delta = {"content": event.token.text}
         return sse(self._chunk(event.index, delta=delta, text=event.token.text, logprobs=logprobs))
+
+
+async def _nothing():
+    return
+    yield

@@ -49,7 +49,7 @@ CHAT = [
 COMPLETIONS = [
     b'{"prompt": ""}', b'{"prompt": []}', b'{"prompt": 5}', b'{"prompt": [1, 2, 3]}', b'{"prompt": [[1, 2]]}',
     b'{"prompt": ["ok", ""]}', b'{"prompt": "hi", "logprobs": 6}', b'{"prompt": "hi", "logprobs": true}',
-    b'{"prompt": "hi", "echo": true}', b'{"prompt": "hi", "suffix": "end"}', b'{"prompt": "hi", "best_of": 3}',
+    b'{"prompt": "hi", "echo": "yes"}', b'{"prompt": "hi", "suffix": "end"}', b'{"prompt": "hi", "best_of": 3}',
     b'{"prompt": "hi", "max_tokens": 0}', b'{"model": "tiny"}',
     json.dumps({"prompt": ["x"] * 17}).encode(),
 ]
