@@ -4,7 +4,8 @@
     parley serve --model runs/x/final --host 0.0.0.0 --api-key "$KEY"
     parley serve --model openai:NAME --base-url http://gpu-box:8000/v1   # proxy a remote service
 
-Routes: POST /v1/chat/completions, /v1/completions; GET /v1/models (openai_api.py); the stored
+Routes: POST /v1/chat/completions, /v1/completions; GET /v1/models, /v1/models/{id} (openai_api.py);
+POST /v1/embeddings (embeddings_api.py); POST /v1/responses (responses_api.py); the stored
 conversations under /v1/conversations (conversations_api.py); GET /health, /metrics (Prometheus),
 /docs (OpenAPI); the page at / with its files under /static (web/).
 
@@ -45,7 +46,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from parley.errors import ConfigError
-from parley.serve import api_errors, conversations_api, openai_api, openapi
+from parley.serve import api_errors, conversations_api, embeddings_api, openai_api, openapi, responses_api
 from parley.serve.api_errors import ApiError
 from parley.serve.metrics import Metrics, MetricsMiddleware
 
@@ -128,6 +129,8 @@ def create_app(options: ServeOptions, engine: Engine | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     api_errors.install(app)
     app.include_router(openai_api.router)
+    app.include_router(embeddings_api.router)
+    app.include_router(responses_api.router)
     app.include_router(conversations_api.router)
     openapi.document(app)  # the real status codes, bodies and event streams
     app.mount("/static", StaticFiles(directory=WEB), name="static")

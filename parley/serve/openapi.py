@@ -46,9 +46,13 @@ class ModelCard(BaseModel):
     max_model_len: int = Field(description="The model's context window in tokens.")
 
 
+class ModelCardFull(ModelCard):
+    embeddings: str = Field(description="Where /v1/embeddings' vectors come from.")
+
+
 class ModelList(BaseModel):
     object: Literal["list"]
-    data: list[ModelCard]
+    data: list[ModelCardFull]
 
 
 class Usage(BaseModel):
@@ -94,8 +98,8 @@ class ChatCompletion(BaseModel):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None] = Field(description="null for an echoed prompt's first token.")
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
 
@@ -113,6 +117,56 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage
+
+
+class EmbeddingItem(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="Floats, or base64 of little-endian float32s.")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"]
+    data: list[EmbeddingItem]
+    model: str
+    usage: EmbeddingUsage
+
+
+class OutputText(BaseModel):
+    type: Literal["output_text"]
+    text: str
+    annotations: list
+
+
+class OutputMessage(BaseModel):
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    status: Literal["completed", "incomplete"]
+    content: list[OutputText]
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_tokens_details: dict
+    output_tokens_details: dict
+
+
+class ResponseObject(BaseModel):
+    id: str
+    object: Literal["response"]
+    created_at: float
+    status: Literal["completed", "incomplete"]
+    model: str
+    output: list[OutputMessage]
+    usage: ResponseUsage
 
 
 class Conversation(BaseModel):
@@ -172,6 +226,9 @@ GENERATE = (400, 404, 429, 502, 503)  # what queueing a generation can answer
 
 OPENAI_STREAM = ("`stream: true`: `data: {chunk}` events in OpenAI's chunk shape, then `data: [DONE]`; "
                  "an error after the stream started is sent as `data: {\"error\": {...}}`.")
+RESPONSES_STREAM = ("`stream: true`: `event: TYPE` / `data: {...}` events in the Responses shape "
+                    "(response.created ... response.output_text.delta ... response.completed), each with a "
+                    "sequence_number; an error after the stream started is a `response.failed` event.")
 REPLY_STREAM = ("`stream: true` (the default): `data:` events {\"type\": \"start\", \"notice\"}, "
                 "{\"type\": \"delta\", \"text\"}..., then {\"type\": \"done\", \"finish_reason\", \"tokens\"} "
                 "or {\"type\": \"error\", \"message\"}.")
@@ -189,6 +246,9 @@ class Answers:
 
 ROUTES: dict[tuple[str, str], Answers] = {
     ("get", "/v1/models"): Answers(ModelList),
+    ("get", "/v1/models/{model_id}"): Answers(ModelCardFull, (404,)),
+    ("post", "/v1/embeddings"): Answers(EmbeddingList, GENERATE),
+    ("post", "/v1/responses"): Answers(ResponseObject, GENERATE, stream=RESPONSES_STREAM),
     ("post", "/v1/chat/completions"): Answers(ChatCompletion, GENERATE, stream=OPENAI_STREAM),
     ("post", "/v1/completions"): Answers(Completion, GENERATE, stream=OPENAI_STREAM),
     ("get", "/v1/conversations"): Answers(ConversationList, (400,)),

@@ -1,0 +1,224 @@
+"""POST /v1/responses: the stateless core of OpenAI's Responses API, so `client.responses.create(...)`
+and `client.responses.stream(...)` work unchanged.
+
+Taken: `input` (text, or a list of messages whose content is text or `input_text`/`output_text`
+parts), `instructions` (a system message before the input), `max_output_tokens`, `temperature`,
+`top_p`, `stream`, `text.format` (`text`, `json_object`, `json_schema`: the reply is decoded under the
+schema's grammar, parley/constraints.py), `model`, and harmless `metadata`, `user`, `truncation`.
+
+Stateless: nothing is stored, so `store: true` and `previous_response_id` are 400s naming them (send
+the whole history as `input` instead); the answer says `store: false`. Tools are refused with a 400
+naming `tools` until chat completions' tool calling is wired in here (the hook: `_refuse_tools`).
+
+Streaming: `event: TYPE` + `data: {...}` server-sent events, each with a `sequence_number`, in the
+order OpenAI sends them: response.created, response.in_progress, response.output_item.added,
+response.content_part.added, response.output_text.delta..., response.output_text.done,
+response.content_part.done, response.output_item.done, then response.completed (or
+response.incomplete when max_output_tokens ran out); a failure after the start is response.failed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import Field
+
+from parley.constraints import JSON_OBJECT
+from parley.engine import ParamError, SamplingParams
+from parley.serve.api_errors import ApiError, translate
+from parley.serve.openai_api import _check_model, _Strict
+from parley.serve.streaming import check_room, first_event, follow, sse, submit
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+class InputPart(_Strict):
+    type: Literal["input_text", "output_text", "text"]
+    text: str
+
+
+class InputMessage(_Strict):
+    type: Literal["message"] = "message"
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[InputPart]
+
+    def plain(self) -> dict:
+        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+
+
+class TextFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str | None = Field(None, max_length=64)
+    schema_: dict | None = Field(None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None  # constrained either way
+
+
+class TextOptions(_Strict):
+    format: TextFormat = TextFormat()
+
+
+class ResponsesRequest(_Strict):
+    input: str | list[InputMessage] = Field(min_length=1)
+    model: str = Field("", max_length=512)
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stream: bool = False
+    store: bool | None = None
+    previous_response_id: str | None = None
+    text: TextOptions | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+
+    def messages(self) -> list[dict]:
+        given = [{"role": "user", "content": self.input}] if isinstance(self.input, str) else \
+            [m.plain() for m in self.input]
+        return ([{"role": "system", "content": self.instructions}] if self.instructions else []) + given
+
+    def params(self, cap: int) -> SamplingParams:
+        schema = None
+        if self.text and self.text.format.type == "json_object":
+            schema = JSON_OBJECT
+        elif self.text and self.text.format.type == "json_schema":
+            schema = self.text.format.schema_ or JSON_OBJECT
+        params = SamplingParams(temperature=1.0 if self.temperature is None else self.temperature,
+                                top_p=1.0 if self.top_p is None else self.top_p,
+                                max_new_tokens=min(self.max_output_tokens or cap, cap), json_schema=schema)
+        try:
+            return params.check()
+        except ParamError as e:
+            if e.key != "json_schema":
+                raise
+            raise ApiError(400, f"text.format.schema: {e}", param="text.format.schema") from None
+
+
+@router.post("/responses")
+async def responses(body: ResponsesRequest, request: Request):
+    """A reply to `input` (after `instructions`), whole or as Responses stream events; nothing is stored."""
+    _check_model(request, body.model)
+    _refuse_tools(body)
+    if body.store:
+        raise ApiError(400, "store: this server keeps no responses; send store: false (or leave it out) "
+                            "and resend the history as input", param="store")
+    if body.previous_response_id:
+        raise ApiError(400, "previous_response_id: this server keeps no responses; send the whole "
+                            "conversation as input instead", param="previous_response_id")
+    state = request.app.state
+    reply = _Reply(request, body)
+    ticket = await submit(request, [(body.messages(), body.params(state.options.max_tokens))])
+    requested = min(body.max_output_tokens, state.options.max_tokens) if body.max_output_tokens else None
+    check_room(ticket, requested, state.engine.context_window)
+    reply.input_tokens = ticket.prompt_tokens[0]
+    events = follow(ticket, request)
+    first = await first_event(ticket, events)
+    if body.stream:
+        return StreamingResponse(reply.stream(first, events), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        for event in [first] if first else []:
+            reply.add(event)
+        async for event in events:
+            reply.add(event)
+    except Exception as e:
+        raise translate(e) from e
+    return reply.response()
+
+
+def _refuse_tools(body: ResponsesRequest) -> None:
+    """The hook for tool calling: today tools are refused, naming the field."""
+    if body.tools:
+        raise ApiError(400, "tools are not supported on /v1/responses yet: use /v1/chat/completions", param="tools")
+
+
+class _Reply:
+    """One response being written: its text so far, and the Responses-shaped bodies and events."""
+
+    def __init__(self, request: Request, body: ResponsesRequest):
+        self.body = body
+        self.id = "resp_" + secrets.token_hex(12)
+        self.item_id = "msg_" + secrets.token_hex(12)
+        self.created = int(time.time())
+        self.model = request.app.state.served_name
+        self.text, self.tokens, self.finish, self.input_tokens, self.sequence = "", 0, None, 0, 0
+
+    def add(self, event) -> None:
+        if event.token is not None:
+            self.text += event.token.text
+            self.tokens += 1
+        else:
+            self.finish = event.finish_reason
+
+    @property
+    def status(self) -> str:
+        return "incomplete" if self.finish == "length" else "completed"
+
+    def item(self, status: str, content: list) -> dict:
+        return {"id": self.item_id, "type": "message", "role": "assistant", "status": status, "content": content}
+
+    def part(self) -> dict:
+        return {"type": "output_text", "text": self.text, "annotations": [], "logprobs": []}
+
+    def response(self, status: str | None = None) -> dict:
+        """The Response object; `status` in_progress while streaming, else from how decoding ended."""
+        status = status or self.status
+        done = status in ("completed", "incomplete")
+        body = self.body
+        text_format = body.text.format.model_dump(by_alias=True, exclude_none=True) if body.text else {"type": "text"}
+        return {
+            "id": self.id, "object": "response", "created_at": self.created, "status": status,
+            "model": self.model, "output": [self.item(status, [self.part()])] if done else [],
+            "error": None, "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
+            "metadata": body.metadata or {}, "parallel_tool_calls": False, "previous_response_id": None,
+            "store": False, "temperature": body.temperature, "top_p": body.top_p, "tool_choice": "none",
+            "tools": [], "text": {"format": text_format}, "truncation": body.truncation or "disabled",
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.tokens,
+                      "total_tokens": self.input_tokens + self.tokens,
+                      "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens_details": {"reasoning_tokens": 0}} if done else None,
+        }
+
+    def _event(self, kind: str, **fields) -> str:
+        self.sequence += 1
+        return f"event: {kind}\n" + sse({"type": kind, "sequence_number": self.sequence - 1, **fields})
+
+    async def stream(self, first, events):
+        where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        yield self._event("response.created", response=self.response("in_progress"))
+        yield self._event("response.in_progress", response=self.response("in_progress"))
+        yield self._event("response.output_item.added", output_index=0, item=self.item("in_progress", []))
+        yield self._event("response.content_part.added", part={"type": "output_text", "text": "", "annotations": []},
+                          **where)
+        try:
+            async for event in _chain(first, events):
+                before = self.text
+                self.add(event)
+                if self.text != before:
+                    yield self._event("response.output_text.delta", delta=self.text[len(before):], logprobs=[], **where)
+        except Exception as e:  # the stream has started: the failure is an event, as OpenAI sends it
+            error = translate(e)
+            failed = {**self.response("failed"), "error": {"code": error.code or "server_error",
+                                                           "message": error.message}}
+            yield self._event("response.failed", response=failed)
+            return
+        yield self._event("response.output_text.done", text=self.text, logprobs=[], **where)
+        yield self._event("response.content_part.done", part=self.part(), **where)
+        yield self._event("response.output_item.done", output_index=0, item=self.item(self.status, [self.part()]))
+        yield self._event(f"response.{self.status}", response=self.response())
+
+
+async def _chain(first, events):
+    if first is not None:
+        yield first
+    async for event in events:
+        yield event
