@@ -46,7 +46,7 @@ async def embeddings(body: EmbeddingRequest, request: Request):
     engine = request.app.state.engine
     data, tokens = [], 0
     for index, text in enumerate(inputs):
-        vector, read = await beside(request, engine.embed, text)
+        vector, read = await beside(request, "input", engine.embed, text)
         if body.dimensions not in (None, len(vector)):
             raise ApiError(400, f"dimensions: this model's embeddings have {len(vector)} dimensions and are not "
                                 "truncated; leave dimensions out", param="dimensions")

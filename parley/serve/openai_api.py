@@ -298,7 +298,7 @@ class _Call:
             if scored:
                 choice = _Choice()  # only for its offsets, counted the way the reply's are
                 entries = [_Logprob(s.piece, s.logprob, s.top, choice.offset(s.piece))
-                           for s in await beside(self.request, engine.score, prompt, top or 0)]
+                           for s in await beside(self.request, "prompt", engine.score, prompt, top or 0)]
             self.echoed.append((prompt, entries))
         self.prompt_tokens = sum(len(entries) for _, entries in self.echoed)
 

@@ -137,10 +137,10 @@ def check_room(ticket: AsyncTicket, requested: int | None, window: int) -> None:
             )
 
 
-async def beside(request: Request, work, *args):
+async def beside(request: Request, field: str, work, *args):
     """Run `work(*args)` (a whole-prompt forward: Engine.score or embed) off the event loop, one at a time
     per server, so scoring and embedding share the CPU/GPU with decoding without crowding it out.
-    Errors become ApiErrors."""
+    Errors become ApiErrors; a 400 names `field`, the request field that held the text."""
     state = request.app.state
     if getattr(state, "beside", None) is None:  # made on the loop that uses it
         state.beside = asyncio.Semaphore(1)
@@ -148,4 +148,7 @@ async def beside(request: Request, work, *args):
         try:
             return await run_in_threadpool(work, *args)
         except Exception as e:
-            raise translate(e) from e
+            error = translate(e)
+            if error.status == 400:
+                error.param = field
+            raise error from e

@@ -87,6 +87,12 @@ def test_max_tokens_0_without_echo_is_a_400(client):
     assert caught.value.body["param"] == "max_tokens"
 
 
+def test_scoring_a_prompt_over_the_window_names_the_prompt(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="tiny", prompt="word " * 1100, max_tokens=0, echo=True, logprobs=0)
+    assert caught.value.body["param"] == "prompt" and "1024" in caught.value.body["message"]
+
+
 def test_a_remote_model_refuses_to_score(server):
     remote = backend.open("openai:tiny", base_url=server[0] + "/v1")
     with pytest.raises(Exception, match="forward pass"):
@@ -123,6 +129,8 @@ def test_embeddings_take_token_ids_and_base64_over_http(server, tiny_loaded):
     ({"input": ["x"] * 65}, "input"),
     ({"input": []}, "input"),
     ({"input": [""]}, "input"),
+    ({"input": "word " * 1100}, "input"),  # over the 1024-token context window
+    ({"input": [0, 10**9]}, "input"),  # not a token id
     ({"input": "x", "dimensions": 8}, "dimensions"),
     ({"input": "x", "encoding_format": "int8"}, "encoding_format"),
     ({"input": "x", "model": "other"}, "model"),
