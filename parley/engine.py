@@ -31,6 +31,11 @@ mask sets the tokens its grammar forbids to -inf before temperature and top-p/k 
 only, so batch neighbours are untouched); the reply ends ("stop") when the JSON is complete. Logprobs
 stay the model's own, before the mask.
 
+Whole-prompt forwards: `score` gives each prompt token's logprob (the first None) and `embed` the
+mean-pooled last hidden states, each from one forward without a KV cache, so they may run on another
+thread beside the driver's (the server runs one at a time, serve/streaming.py `beside`). A remote
+engine refuses both (ConfigError): it has no forward pass here.
+
 Encoder-decoder models (T5, BART) decode in a `parley.seq2seq.Seq2SeqBatch` instead (`new_batch()` chooses).
 
 Limits: prefix reuse and batched rows are for decoder-only models; an encoder-decoder batch steps its
