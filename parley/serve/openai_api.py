@@ -5,14 +5,16 @@ Request and response shapes follow OpenAI's, so the official clients work unchan
 `stop`, `seed`, `n`, `stream` (+ `stream_options.include_usage`), `logprobs`/`top_logprobs`, and
 `usage` counts, `response_format` (`text`, `json_object`, `json_schema` with or without `strict`:
 either way the reply is decoded under the schema's grammar, so it parses and validates; see
-parley/constraints.py). Extensions, as in vLLM: `top_k`, `repetition_penalty`, and
-`response_format` on /v1/completions too.
+parley/constraints.py), and tool calling: `tools`, `tool_choice`, `parallel_tool_calls`, histories with
+assistant `tool_calls` and `tool` results (parley/serve/openai_tools.py; the format the model sees is
+parley/tools.py's). Extensions, as in vLLM: `top_k`, `repetition_penalty`, and `response_format` on
+/v1/completions too.
 
 Rules: `max_tokens` is capped at the server's `--max-tokens`; an explicit `max_tokens` that does not
 fit beside the prompt, or a prompt over the context window, is a 400 naming both lengths (never a
 silent cut). `n` choices are n sequences seeded seed, seed+1, ... . A request of more sequences
 (prompts x n) than `--max-queue` is a 400 naming `n` (or `prompt`): it could never be queued. A
-`model` other than the served one is a 404, as OpenAI does. Unsupported features (tools, images,
+`model` other than the served one is a 404, as OpenAI does. Unsupported features (images,
 echo, penalties other than 0) are 400s that name the field.
 
 Logprobs: each token's `bytes` are its own (a character split over two tokens gives each its slice, and
