@@ -125,3 +125,42 @@ def test_the_embedded_model_makes_a_valid_required_call(embedded_model, tmp_path
         assert valid(call)
     finally:
         stop()
+
+
+def test_auto_without_a_call_streams_the_whole_text(client):
+    """Under `auto` streamed text is held back only where a <tool_call> could start; a reply with no call
+    arrives whole, the same as unstreamed, and finishes as plain text."""
+    args = dict(model="tiny", messages=ASK, tools=TOOLS, max_tokens=24, temperature=0)
+    whole = client.chat.completions.create(**args).choices[0]
+    chunks = [c for c in client.chat.completions.create(**args, stream=True) if c.choices]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.message.content
+    assert whole.message.tool_calls is None
+    assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] == [whole.finish_reason]
+
+
+def test_the_agent_example_runs_its_loop(server):
+    """examples/agent.py against the server: a forced call to its calculator, the result sent back, an answer."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "examples" / "agent.py"
+    done = subprocess.run([sys.executable, str(script), "--base-url", server[0] + "/v1", "--model", "tiny",
+                           "What is 2 + 3?"], capture_output=True, text=True, timeout=300, env=os.environ)
+    assert done.returncode == 0, done.stderr
+    call, answer = done.stdout.split("\n", 1)  # the random model's answer may span lines
+    assert call.startswith('tool call: calculate({"expression": ') and " -> " in call
+    assert answer.startswith("assistant: ")
+
+
+def test_the_agent_examples_calculator_evaluates_only_arithmetic():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("agent", Path(__file__).parents[2] / "examples" / "agent.py")
+    agent = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agent)
+    assert agent.calculate("(2 + 3) * 4") == "20"
+    assert agent.calculate("__import__('os').getcwd()").startswith("error: not arithmetic")
+    assert agent.calculate("1 / 0").startswith("error")
