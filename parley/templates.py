@@ -13,6 +13,9 @@ family) get `DEFAULT_TEMPLATE`, a plain-text layout documented here:
 
 Each message ends with the tokenizer's end-of-sequence token, so a model fine-tuned on it learns to
 stop; a model that never saw it is also stopped by the next role marker (`DEFAULT_STOPS`).
+
+Tools, assistant tool calls and tool results are written into plain messages by parley/tools.py
+before any template renders them (one documented format, for serving and training alike).
 """
 
 from __future__ import annotations

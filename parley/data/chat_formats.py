@@ -2,7 +2,10 @@
 
     messages     {"messages": [{"role", "content"}, ...]}  the OpenAI fine-tuning format; content may be
                  a list of {"type": "text", "text"} parts; `developer` is read as `system`; an
-                 assistant turn with "weight": 0 is kept as context but not learned
+                 assistant turn with "weight": 0 is kept as context but not learned; tool use as in
+                 OpenAI's format (a top-level "tools" list, assistant "tool_calls", "tool" results)
+                 is written out in Parley's one tool format (parley/tools.py), the one `parley serve`
+                 shows the model, so the assistant's calls are learned as the text it will be asked for
     sharegpt     {"conversations": [{"from", "value"}, ...]} (human/gpt/system, plus common aliases),
                  with an optional top-level "system"
     personachat  {"personality": [...], "utterances": [{"history": [...], "candidates": [...]}]}
@@ -21,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parley.data.records import Bad, Record, chat_record
+from parley.tools import plain_messages
 
 SHAREGPT_ROLES = {
     "human": "user", "user": "user",
@@ -56,6 +60,13 @@ def from_messages(obj, source: str, line: int | None) -> Record | Bad:
             if message.get("role") == "developer":
                 message["role"] = "system"
         turns.append(message)
+    tools = obj.get("tools")
+    if tools or any(isinstance(m, dict) and (m.get("tool_calls") or m.get("role") == "tool") for m in turns):
+        try:
+            turns = plain_messages(turns, tools)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            return Bad(source, line, f"malformed tool use ({type(e).__name__}: {e}): expected OpenAI's shape, "
+                                     'tool_calls [{"function": {"name", "arguments"}}] and tools [{"function": {...}}]')
     return chat_record(turns, source, line)
 
 

@@ -6,14 +6,16 @@ Request and response shapes follow OpenAI's, so the official clients work unchan
 `stop`, `seed`, `n`, `stream` (+ `stream_options.include_usage`), `logprobs`/`top_logprobs`, and
 `usage` counts, `response_format` (`text`, `json_object`, `json_schema` with or without `strict`:
 either way the reply is decoded under the schema's grammar, so it parses and validates; see
-parley/constraints.py). Extensions, as in vLLM: `top_k`, `repetition_penalty`, and
-`response_format` on /v1/completions too.
+parley/constraints.py), and tool calling: `tools`, `tool_choice`, `parallel_tool_calls`, histories with
+assistant `tool_calls` and `tool` results (parley/serve/openai_tools.py; the format the model sees is
+parley/tools.py's). Extensions, as in vLLM: `top_k`, `repetition_penalty`, and `response_format` on
+/v1/completions too.
 
 Rules: `max_tokens` is capped at the server's `--max-tokens`; an explicit `max_tokens` that does not
 fit beside the prompt, or a prompt over the context window, is a 400 naming both lengths (never a
 silent cut). `n` choices are n sequences seeded seed, seed+1, ... . A request of more sequences
 (prompts x n) than `--max-queue` is a 400 naming `n` (or `prompt`): it could never be queued. A
-`model` other than the served one is a 404, as OpenAI does. Unsupported features (tools, images,
+`model` other than the served one is a 404, as OpenAI does. Unsupported features (images,
 penalties other than 0) are 400s that name the field.
 
 Echo (/v1/completions): `echo: true` starts each choice's text with its prompt; with `logprobs`, the
@@ -38,12 +40,14 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from parley.batching import Event
+from parley import tools as tool_format
 from parley.constraints import JSON_OBJECT
 from parley.engine import ParamError, SamplingParams
 from parley.serve.api_errors import ApiError, translate
+from parley.serve.openai_tools import NamedChoice, Tool, ToolCall, ToolPlan, call_deltas, check_history
 from parley.serve.streaming import beside, check_room, first_event, follow, sse, submit
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -143,13 +147,27 @@ class TextPart(_Strict):
 
 
 class Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant messages only
+    tool_call_id: str | None = None  # tool messages: the call this result answers
+
+    @model_validator(mode="after")
+    def _tool_fields(self):
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message needs tool_call_id (and only a tool message has one)")
+        return self
 
     def plain(self) -> dict:
+        """The message as parley/tools.py reads it: role, text content, OpenAI-shaped tool fields."""
         content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
-        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+        message = {"role": "system" if self.role == "developer" else self.role, "content": content}
+        if self.tool_calls:
+            message["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        return message
 
 
 class ChatRequest(Sampling):
@@ -157,7 +175,9 @@ class ChatRequest(Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(Sampling):
@@ -193,14 +213,21 @@ def _card(request: Request) -> dict:
 async def chat_completions(body: ChatRequest, request: Request):
     """Reply to `messages`, rendered with the model's own chat template."""
     _check_model(request, body.model)
-    if body.tools:
-        raise ApiError(400, "tools are not supported by this server", param="tools")
     if body.top_logprobs and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    plan = ToolPlan(body.tools, body.tool_choice, body.parallel_tool_calls)
+    check_history(body.messages)
+    if plan.active and body.logprobs:
+        raise ApiError(400, "logprobs are not supported together with tools", param="logprobs")
+    if plan.schema is not None and body.response_format and body.response_format.type != "text":
+        raise ApiError(400, f"response_format cannot be combined with tool_choice {plan.mode!r}: both constrain the "
+                            "reply", param="response_format")
     max_tokens = body.max_completion_tokens or body.max_tokens
     params = body.params(request, body.top_logprobs or 0, max_tokens)
-    messages = [m.plain() for m in body.messages]
-    call = _Call(request, "chat.completion", "chatcmpl-", body.logprobs, body.stream_options)
+    if plan.schema is not None:  # the forced call's grammar (each tool's parameters compiled in ToolPlan)
+        params = [dataclasses.replace(p, json_schema=plan.schema) for p in params]
+    messages = plan.messages([m.plain() for m in body.messages])
+    call = _Call(request, "chat.completion", "chatcmpl-", body.logprobs, body.stream_options, plan)
     return await call.run([(messages, p) for p in params], body.n, max_tokens, streaming=body.stream)
 
 
@@ -241,6 +268,7 @@ class _Choice:
 
     def __init__(self):
         self.text, self.tokens, self.finish_reason = "", 0, None
+        self.released = 0  # characters of text sent as content while streaming with tools (the rest is held)
         self.logprobs: list[_Logprob] = []
         # The tokens' own bytes, decoded as they come: how many characters precede the next token, held-back
         # text and split characters included (a token inside a character points at that character).
@@ -279,8 +307,10 @@ def _text(piece: bytes) -> str:
 class _Call:
     """One chat or completion request: queue it, then answer all at once or as a stream."""
 
-    def __init__(self, request: Request, kind: str, prefix: str, logprobs: bool, stream_options):
+    def __init__(self, request: Request, kind: str, prefix: str, logprobs: bool, stream_options,
+                 tools: ToolPlan | None = None):
         self.request, self.kind, self.logprobs = request, kind, logprobs
+        self.tools = tools if tools is not None and tools.active else None
         self.chat = kind == "chat.completion"
         self.id = prefix + secrets.token_hex(12)
         self.created = int(time.time())
@@ -369,8 +399,14 @@ class _Call:
     def _whole(self, index: int, choice: _Choice) -> dict:
         logprobs = self._logprobs(choice.logprobs, index) if self.logprobs else None
         if self.chat:
-            return {"index": index, "message": {"role": "assistant", "content": choice.text},
-                    "logprobs": logprobs, "finish_reason": choice.finish_reason}
+            message = {"role": "assistant", "content": choice.text}
+            finish = choice.finish_reason
+            if self.tools is not None:
+                content, calls = self.tools.calls(choice.text, finish)
+                message["content"] = content
+                if calls:
+                    message["tool_calls"], finish = calls, "tool_calls"
+            return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
         prompt, _ = self._echo(index)
         return {"index": index, "text": prompt + choice.text, "logprobs": logprobs,
                 "finish_reason": choice.finish_reason}
@@ -428,6 +464,8 @@ class _Call:
     def _event(self, choices: list[_Choice], event: Event) -> str:
         choice = choices[event.index]
         self._add(choice, event)
+        if self.tools is not None:
+            return self._tool_event(choice, event)
         if event.token is None:
             return sse(self._chunk(event.index, finish=event.finish_reason))
         logprobs = self._logprobs(choice.logprobs[-1:], event.index, echo=False) if self.logprobs else None
@@ -435,6 +473,23 @@ class _Call:
             return ""  # text held back (a partial character or a possible stop string): nothing to send yet
         delta = {"content": event.token.text}
         return sse(self._chunk(event.index, delta=delta, text=event.token.text, logprobs=logprobs))
+
+    def _tool_event(self, choice: _Choice, event: Event) -> str:
+        """A streamed chat event while tools are active: text that cannot start a call goes out as content;
+        at the end the calls (or the held text, when it held none) and the finish reason."""
+        index = event.index
+        if event.token is not None:
+            if self.tools.schema is not None:
+                return ""  # a forced call: all of it is the call, sent when complete
+            upto = tool_format.releasable(choice.text)
+            delta, choice.released = choice.text[choice.released:upto], max(upto, choice.released)
+            return sse(self._chunk(index, delta={"content": delta})) if delta else ""
+        content, calls = self.tools.calls(choice.text, event.finish_reason)
+        held = (content or "")[choice.released:]
+        chunks = [self._chunk(index, delta={"content": held})] if held else []
+        chunks += [self._chunk(index, delta=d) for d in call_deltas(calls)]
+        chunks.append(self._chunk(index, finish="tool_calls" if calls else event.finish_reason))
+        return "".join(sse(c) for c in chunks)
 
 
 async def _nothing():

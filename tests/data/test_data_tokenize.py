@@ -128,3 +128,23 @@ def test_packing_keeps_whole_examples_and_restarts_positions():
     assert [len(e.input_ids) for e in out] == [9, 3, 10]
     assert out[0].position_ids == [0, 1, 2, 3, 0, 1, 2, 3, 4] and out[0].source == "a (+1 more)"
     assert out[2].position_ids == list(range(10)) and out[2].source == "d"
+
+
+def test_a_tool_use_record_trains_on_the_assistants_call(chat_tokenizer, chatml):
+    """OpenAI's fine-tuning shape for tool use (tools, tool_calls, tool results) becomes Parley's one tool
+    format (parley/tools.py), and the assistant's call is learned as that text."""
+    from parley.data.chat_formats import from_messages
+
+    obj = {"tools": [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}],
+           "messages": [
+               {"role": "user", "content": "What is 2 + 3?"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "5"},
+               {"role": "assistant", "content": "It is 5."}]}
+    record = from_messages(obj, "tools.jsonl", 1)
+    [example] = Encoder(chat_tokenizer, chatml, 512).encode(record)
+    call = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
+    assert learned_runs(example, chat_tokenizer) == [call + "<|im_end|>", "It is 5.<|im_end|>"]
+    text = chat_tokenizer.decode(example.input_ids)
+    assert "<tools>" in text and "<tool_response>\n5\n</tool_response>" in text
