@@ -156,7 +156,7 @@ class Message(_Strict):
         # Said before the union is tried: otherwise the error is "Input should be a valid string".
         for part in content if isinstance(content, list) else []:
             kind = part.get("type") if isinstance(part, dict) else None
-            if kind in MEDIA_PARTS:
+            if isinstance(kind, str) and kind in MEDIA_PARTS:
                 raise ValueError(f"{MEDIA_PARTS[kind]} are not supported: this model reads text only; "
                                  "send text parts ({\"type\": \"text\", ...})")
         return content
