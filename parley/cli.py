@@ -400,6 +400,8 @@ def serve(
     allowed_host: list[str] = typer.Option([], "--allowed-host", help="Also answer requests for this Host "
                                            "name (repeatable; * for any): the name clients use for this server."),
     served_name: Optional[str] = typer.Option(None, help="The model id clients send; default: --model."),
+    cors_origin: list[str] = typer.Option([], "--cors-origin", help="Let web pages from this origin (e.g. "
+                                          "https://app.example.com; repeatable; * for any) call the API."),
     max_batch: int = typer.Option(8, help="Requests decoded together in one batch."),
     max_queue: int = typer.Option(64, help="Requests that may wait for a batch slot before 429."),
     max_tokens: int = typer.Option(1024, help="The largest max_tokens a request gets (larger ones are capped)."),
@@ -413,7 +415,8 @@ def serve(
 
     run(ServeOptions(
         model=model, base_url=base_url, host=host, port=port, served_name=served_name,
-        api_keys=list(api_key) or api_keys_from_env(), allowed_hosts=list(allowed_host), max_batch=max_batch, max_queue=max_queue,
+        api_keys=list(api_key) or api_keys_from_env(), allowed_hosts=list(allowed_host),
+        cors_origins=list(cors_origin), max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, grace_s=grace, device=device, dtype=dtype, compile=compile,
     ))
 

@@ -26,6 +26,10 @@ probabilities; and whatever one sequence raises while its token is chosen, its s
 its text decoded ends that sequence alone (`Sequence.error`, `pick` returns None), never its batch.
 When several stop strings appear at once, the reply ends at the earliest in the text.
 
+OpenAI's knobs: `logit_bias` is added to the logits, then `presence_penalty` and `frequency_penalty` are
+taken off (OpenAI's formula, over the reply's tokens), before the grammar's mask, the repetition penalty and
+temperature and top-p/k; a `logit_bias` id outside the vocabulary is refused when the sequence starts.
+
 Constrained decoding: `SamplingParams.json_schema` gives the sequence a `constraints.Constraint`, whose
 mask sets the tokens its grammar forbids to -inf before temperature and top-p/k (that sequence's logits
 only, so batch neighbours are untouched); the reply ends ("stop") when the JSON is complete. Logprobs
@@ -87,6 +91,7 @@ SAMPLING_EPS = 1e-5
 MAX_STOPS = 16
 MAX_STOP_CHARS = 256
 MAX_SEED = 2**63 - 1
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 
 Prompt = str | list[dict]  # a raw prompt (used as is) or chat messages (rendered with the template)
 
@@ -106,6 +111,13 @@ class SamplingParams:
     # Constrain the reply to JSON matching this JSON Schema (constraints.py); {"type": "object"} = any
     # JSON object; None = free text. The reply ends ("stop") when the JSON is complete.
     json_schema: dict | None = None
+    # OpenAI's penalties, over the reply's own tokens: logit[t] -= frequency_penalty * count[t] +
+    # presence_penalty * (count[t] > 0). Negative values encourage repeats. -2 to 2, as OpenAI allows.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # Token id -> a number added to its logit before sampling (OpenAI's logit_bias): -100 bans the token,
+    # 100 all but forces it. At most MAX_LOGIT_BIAS entries; ids must be in the model's vocabulary.
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
     def check(self) -> SamplingParams:
         """Every limit in one place: the CLI, /params, the OpenAI routes and stored conversations all
@@ -118,11 +130,14 @@ class SamplingParams:
             "max_new_tokens": (self.max_new_tokens >= 1, "at least 1"),
             "top_logprobs": (0 <= self.top_logprobs <= 20, "between 0 and 20"),
             "seed": (self.seed is None or 0 <= self.seed <= MAX_SEED, "None or between 0 and 2**63-1"),
+            "presence_penalty": (-2 <= self.presence_penalty <= 2, "between -2 and 2"),
+            "frequency_penalty": (-2 <= self.frequency_penalty <= 2, "between -2 and 2"),
         }
         for key, (ok, allowed) in rules.items():
             if not ok:
                 raise ParamError(key, f"{key}={getattr(self, key)} is out of range: it must be {allowed}")
         _check_stops(self.stop)
+        _check_bias(self.logit_bias)
         if self.json_schema is not None:
             try:
                 json_grammar(self.json_schema)
@@ -138,6 +153,8 @@ class SamplingParams:
             if key not in known:
                 raise ConfigError(f"unknown parameter {key!r}: choose from {', '.join(known)}")
             changes[key] = _convert(key, value, getattr(self, key)) if isinstance(value, str) else value
+        if "logit_bias" in changes:  # JSON (a stored conversation, /params) spells the ids as strings
+            changes["logit_bias"] = _bias_ids(changes["logit_bias"])
         return dataclasses.replace(self, **changes).check()
 
 
@@ -163,12 +180,36 @@ def _check_stops(stops) -> None:
                                      f"one is {len(s)}")
 
 
+def _check_bias(bias) -> None:
+    """Each entry costs an add per token; ids are checked against the vocabulary in LocalEngine.start."""
+    if not isinstance(bias, dict) or not all(isinstance(k, int) and not isinstance(k, bool) for k in bias):
+        raise ParamError("logit_bias", 'logit_bias must map token ids to numbers, e.g. {"1234": -100}')
+    if len(bias) > MAX_LOGIT_BIAS:
+        raise ParamError("logit_bias", f"logit_bias has {len(bias)} entries; at most {MAX_LOGIT_BIAS} are allowed")
+    for token_id, value in bias.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise ParamError("logit_bias", f"logit_bias[{token_id}]={value!r}: each bias must be a number "
+                                           "between -100 and 100")
+
+
+def _bias_ids(bias):
+    """{"1234": -100} (ids as JSON spells them) -> {1234: -100}; anything else is left for check() to refuse."""
+    if not isinstance(bias, dict):
+        return bias
+    try:
+        return {int(k) if isinstance(k, str) else k: v for k, v in bias.items()}
+    except ValueError:
+        raise ParamError("logit_bias", "logit_bias keys must be token ids (whole numbers), "
+                                       f"got {', '.join(repr(k) for k in bias)}") from None
+
+
 def _convert(key: str, text: str, current):
-    if key == "json_schema":  # /params json_schema={"type": "object"}
+    if key in ("json_schema", "logit_bias"):  # /params json_schema={"type": "object"} logit_bias={"50256": -100}
+        empty = None if key == "json_schema" else {}
         try:
-            return json.loads(text) if text.lower() not in ("none", "") else None
+            return json.loads(text) if text.lower() not in ("none", "") else empty
         except json.JSONDecodeError as e:
-            raise ConfigError(f"json_schema is not valid JSON ({e})") from None
+            raise ConfigError(f"{key} is not valid JSON ({e})") from None
     if key == "stop":
         return [s for s in text.split(",") if s] if text else []
     if key == "seed" and text.lower() in ("none", ""):
@@ -218,6 +259,10 @@ class Sequence:
         self.stops = list(params.stop) + engine.loaded.stop_strings
         self.greedy = params.temperature < SAMPLING_EPS
         self.processors = _processors(params, self.greedy)
+        device = engine.loaded.device
+        self.bias = None if not params.logit_bias else (  # (ids, values) for index_add
+            torch.tensor(list(params.logit_bias), dtype=torch.long, device=device),
+            torch.tensor(list(params.logit_bias.values()), dtype=torch.float32, device=device))
         self.constraint = (None if params.json_schema is None else
                            Constraint(engine.grammar_tokenizer(), json_grammar(params.json_schema)))
         self._full = ""  # all complete text decoded so far (held-back text included)
@@ -240,7 +285,7 @@ class Sequence:
 
     def _pick(self, logits: torch.Tensor) -> Token:
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        scores = logits.float()[None]  # fp32 whatever the model's dtype (fp16 overflows at 65504)
+        scores = self._biased(logits.float())[None]  # fp32 whatever the model's dtype (fp16 overflows at 65504)
         if self.constraint:  # before the warpers, so temperature and top-p share out only what is allowed
             scores = self.constraint.mask(scores[0])[None]
         if self.processors:  # the repetition penalty needs the history; the warpers ignore it
@@ -261,6 +306,18 @@ class Sequence:
         if self.constraint:
             self.constraint.advance(token_id)
         return Token(token_id, self._release(token_id), float(logprobs[token_id]), top, top_ids)
+
+    def _biased(self, scores: torch.Tensor) -> torch.Tensor:
+        """(V,) scores with logit_bias added and OpenAI's presence and frequency penalties taken off
+        (over the reply's tokens, not the prompt's: that is repetition_penalty's job), as OpenAI and vLLM
+        apply them: before the grammar's mask and temperature, top-p and top-k."""
+        if self.bias is not None:
+            scores = scores.index_add(0, *self.bias)
+        presence, frequency = self.params.presence_penalty, self.params.frequency_penalty
+        if (presence or frequency) and self.ids:
+            counts = torch.bincount(torch.tensor(self.ids, device=scores.device), minlength=scores.shape[0])
+            scores = scores - frequency * counts - presence * (counts > 0)
+        return scores
 
     def _release(self, token_id: int) -> str:
         """Append `token_id` and return the text that is now safe to show."""
@@ -499,6 +556,10 @@ class LocalEngine:
         ids = self.prompt_ids(prompt)
         if not ids:
             raise ContextError("the prompt is empty: give some text to continue")
+        vocab = len(self.loaded.tokenizer)
+        if outside := [i for i in params.logit_bias if not 0 <= i < vocab]:
+            raise ParamError("logit_bias", f"logit_bias names token id {outside[0]}, which is not in this model's "
+                                           f"vocabulary (ids 0 to {vocab - 1})")
         window = self.loaded.context_window
         if len(ids) >= window:
             raise ContextError(

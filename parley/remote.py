@@ -12,7 +12,8 @@ streams (`driver()` is a batching.StreamDriver): the service batches them itself
 
 Limits: a remote token has no id here (`Token.id` is -1) and one streamed chunk becomes one Token
 (a chunk may hold several tokens; its logprob is their sum). `logprob` is NaN unless
-`top_logprobs` > 0 asked the service for them. `top_k`, `repetition_penalty` are sent as extra body
+`top_logprobs` > 0 asked the service for them. `presence_penalty`, `frequency_penalty` and `logit_bias`
+are OpenAI's own fields and sent as such. `top_k`, `repetition_penalty` are sent as extra body
 fields, which vLLM and Parley honour and strict services may reject; `json_schema` is sent as
 `response_format` (json_schema), which OpenAI, vLLM and Parley honour on chat. `count` is an estimate (about
 four characters a token) and `fit` passes messages through unchanged: the remote's tokenizer is not
@@ -132,6 +133,12 @@ class RemoteEngine:
             args["seed"] = params.seed
         if params.stop:
             args["stop"] = params.stop[:4]  # the OpenAI API takes at most four
+        if params.presence_penalty:
+            args["presence_penalty"] = params.presence_penalty
+        if params.frequency_penalty:
+            args["frequency_penalty"] = params.frequency_penalty
+        if params.logit_bias:  # ids are the remote model's own: the caller knows its tokenizer
+            args["logit_bias"] = {str(k): v for k, v in params.logit_bias.items()}
         extra = {}
         if params.top_k:
             extra["top_k"] = params.top_k

@@ -46,6 +46,62 @@ def test_greedy_matches_transformers_generate(engine, penalty):
     assert ours[: len(reference)] == reference[: len(ours)]
 
 
+def _greedy_reference(engine, max_new_tokens: int, **generate_args) -> list[int]:
+    ids = engine.prompt_ids(CHAT)
+    out = engine.loaded.model.generate(
+        torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=engine.loaded.stop_ids,
+        pad_token_id=engine.loaded.tokenizer.pad_token_id, **generate_args)
+    return out[0, len(ids):].tolist()
+
+
+def test_logit_bias_matches_transformers_sequence_bias(engine):
+    plain = [t.id for t in engine.stream(CHAT, SamplingParams(temperature=0, max_new_tokens=12))]
+    bias = {plain[0]: -100.0, plain[1]: -3.5}  # ban the first token, discourage the second
+    ours = [t.id for t in engine.stream(CHAT, SamplingParams(temperature=0, max_new_tokens=12, logit_bias=bias))]
+    reference = _greedy_reference(engine, 12, sequence_bias={(i,): v for i, v in bias.items()})
+    assert ours[: len(reference)] == reference[: len(ours)]
+    assert ours != plain and plain[0] not in ours
+    forced = engine.loaded.tokenizer.convert_tokens_to_ids("hello")  # +100 all but forces it, even sampled
+    sampled = engine.stream(CHAT, SamplingParams(temperature=1.0, seed=3, max_new_tokens=6, logit_bias={forced: 100}))
+    assert [t.id for t in sampled] == [forced] * 6
+
+
+class _OpenAIPenalties:
+    """OpenAI's documented formula, over the generated tokens only: the reference for the engine's."""
+
+    def __init__(self, prompt_length: int, presence: float, frequency: float):
+        self.prompt_length, self.presence, self.frequency = prompt_length, presence, frequency
+
+    def __call__(self, input_ids, scores):
+        counts = torch.bincount(input_ids[0, self.prompt_length:], minlength=scores.shape[-1])[None]
+        return scores - self.frequency * counts - self.presence * (counts > 0)
+
+
+@pytest.mark.parametrize("presence, frequency", [(1.5, 0.0), (0.0, 0.7), (0.5, 2.0), (2.0, -0.5)])
+def test_presence_and_frequency_penalties_follow_openais_formula(engine, presence, frequency):
+    from transformers import LogitsProcessorList
+
+    params = SamplingParams(temperature=0, max_new_tokens=24, presence_penalty=presence, frequency_penalty=frequency)
+    ours = [t.id for t in engine.stream(CHAT, params)]
+    penalties = _OpenAIPenalties(len(engine.prompt_ids(CHAT)), presence, frequency)
+    reference = _greedy_reference(engine, 24, logits_processor=LogitsProcessorList([penalties]))
+    assert ours[: len(reference)] == reference[: len(ours)]
+    assert ours != [t.id for t in engine.stream(CHAT, SamplingParams(temperature=0, max_new_tokens=24))]
+
+
+def test_logit_bias_and_penalties_are_checked(engine):
+    for bad, words in [(dict(logit_bias={5: 101}), "between -100 and 100"),
+                       (dict(logit_bias={i: 1 for i in range(301)}), "at most 300"),
+                       (dict(logit_bias={"a": 1}), "token ids"),
+                       (dict(presence_penalty=2.5), "presence_penalty=2.5 is out of range"),
+                       (dict(frequency_penalty=-3), "frequency_penalty=-3 is out of range")]:
+        with pytest.raises(ConfigError, match=words):
+            SamplingParams(**bad).check()
+    vocab = len(engine.loaded.tokenizer)
+    with pytest.raises(ConfigError, match=f"token id {vocab}, which is not in this model's vocabulary"):
+        engine.generate(CHAT, SamplingParams(logit_bias={vocab: 1}))
+
+
 def test_logprobs_are_the_models(engine):
     params = SamplingParams(temperature=0, max_new_tokens=8, top_logprobs=3)
     tokens = list(engine.stream(CHAT, params))
@@ -120,6 +176,16 @@ def test_sampling_params_from_strings():
         SamplingParams().updated(temperature="hot")
     with pytest.raises(ConfigError, match="top_p=1.5 is out of range"):
         SamplingParams().updated(top_p=1.5)
+    # logit_bias as /params and stored conversations give it: JSON, whose keys are strings.
+    assert SamplingParams().updated(logit_bias='{"42": -100, "7": 2.5}').logit_bias == {42: -100, 7: 2.5}
+    assert SamplingParams().updated(logit_bias={"42": 1}).logit_bias == {42: 1}
+    assert SamplingParams(logit_bias={1: 1}).updated(logit_bias="none").logit_bias == {}
+    with pytest.raises(ConfigError, match="logit_bias is not valid JSON"):
+        SamplingParams().updated(logit_bias="42=-100")
+    with pytest.raises(ConfigError, match="logit_bias keys must be token ids"):
+        SamplingParams().updated(logit_bias='{"hello": -100}')
+    with pytest.raises(ConfigError, match="must map token ids to numbers"):
+        SamplingParams().updated(logit_bias="[1, 2]")
 
 
 @pytest.mark.parametrize("temperature, penalty", [(1e-45, 1.0), (1e-300, 1.3), (0.7, 1e-45), (1.0, 5e-324)])

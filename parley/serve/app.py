@@ -25,6 +25,13 @@ reaches the server from the user's browser, but still sends its own name as Host
 `--allowed-host NAME` (repeatable; `*` for any) adds names, as Django's ALLOWED_HOSTS does. Any
 port is accepted. Other Hosts get a 400 that says what to add.
 
+CORS: `--cors-origin ORIGIN` (repeatable; `*` for any; off by default) lets a web app on that origin
+call the API from a browser. Starlette's CORSMiddleware runs outside the API-key and Host checks, so
+a preflight (OPTIONS) is answered before authentication (a browser never sends keys on one) and every
+answer to those origins, errors and event streams included, carries the allow headers; other origins
+get none, so their pages cannot read the answers. Credentials (cookies) are not allowed: keys travel
+as Bearer headers.
+
 Limits: one model per server; API keys are all-or-nothing (no per-key quotas or scopes).
 """
 
@@ -43,6 +50,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from parley.errors import ConfigError
@@ -82,6 +90,7 @@ class ServeOptions:
     max_body_bytes: int = 2 * 1024 * 1024  # larger request bodies get 413
     grace_s: float = 30.0  # on shutdown, how long running generations may go on
     db: Path | None = None  # conversation database; default $PARLEY_HOME/parley.db
+    cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call the API; empty = none
 
     def check(self) -> ServeOptions:
         for key in ("max_batch", "max_queue", "max_tokens", "max_body_bytes"):
@@ -91,6 +100,12 @@ class ServeOptions:
             raise ConfigError(f"--port {self.port} is not a TCP port (1-65535)")
         if any(not k for k in self.api_keys):
             raise ConfigError("--api-key must not be empty")
+        for origin in self.cors_origins:  # browsers send scheme://host[:port], never a path or a trailing /
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path
+                                  or parts.query or parts.fragment):
+                raise ConfigError(f"--cors-origin {origin!r} is not an origin: give scheme://host[:port], "
+                                  "e.g. https://app.example.com (no path, no trailing /), or *")
         return self
 
 
@@ -152,6 +167,9 @@ def create_app(options: ServeOptions, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=options.max_body_bytes)
     app.add_middleware(AuthMiddleware, keys=options.api_keys)
     app.add_middleware(HostCheckMiddleware, bind=options.host, extra=options.allowed_hosts)
+    if options.cors_origins:  # added after (so outside) the key and Host checks: see the module docstring
+        app.add_middleware(CORSMiddleware, allow_origins=options.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Retry-After"], max_age=600)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 

@@ -108,7 +108,7 @@ def _checked_params(request: Request, stored: dict, given: dict | None) -> Sampl
         params = _PARAMS.validate_python(merged).check()
     except ValidationError as e:
         first = e.errors()[0]
-        name = "params." + ".".join(str(part) for part in first["loc"])
+        name = "params." + ".".join(str(part) for part in first["loc"] if part != "[key]")  # [key]: a dict key
         raise ApiError(400, f"{name}: {first['msg']}", param=name) from None
     except ParamError as e:
         raise ApiError(400, f"params.{e.key}: {e}", param=f"params.{e.key}") from None

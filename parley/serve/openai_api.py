@@ -6,17 +6,19 @@ Request and response shapes follow OpenAI's, so the official clients work unchan
 `stop`, `seed`, `n`, `stream` (+ `stream_options.include_usage`), `logprobs`/`top_logprobs`, and
 `usage` counts, `response_format` (`text`, `json_object`, `json_schema` with or without `strict`:
 either way the reply is decoded under the schema's grammar, so it parses and validates; see
-parley/constraints.py), and tool calling: `tools`, `tool_choice`, `parallel_tool_calls`, histories with
-assistant `tool_calls` and `tool` results (parley/serve/openai_tools.py; the format the model sees is
-parley/tools.py's). Extensions, as in vLLM: `top_k`, `repetition_penalty`, and `response_format` on
-/v1/completions too.
+parley/constraints.py), `presence_penalty`/`frequency_penalty` (OpenAI's formula), `logit_bias`, and
+tool calling: `tools`, `tool_choice`, `parallel_tool_calls`, histories with assistant `tool_calls` and
+`tool` results (parley/serve/openai_tools.py; the format the model sees is parley/tools.py's).
+Extensions, as in vLLM: `top_k`, `repetition_penalty`, and `response_format` on /v1/completions too.
+What happens to every field the official SDK sends is one table, openai_fields.FIELDS: honoured,
+accepted without effect (`user`, `metadata`, `store`, ...), or refused with a 400 naming it; unknown
+extra fields are accepted, as OpenAI's are. Image, audio and file content parts are a 400 that says so.
 
 Rules: `max_tokens` is capped at the server's `--max-tokens`; an explicit `max_tokens` that does not
 fit beside the prompt, or a prompt over the context window, is a 400 naming both lengths (never a
 silent cut). `n` choices are n sequences seeded seed, seed+1, ... . A request of more sequences
 (prompts x n) than `--max-queue` is a 400 naming `n` (or `prompt`): it could never be queued. A
-`model` other than the served one is a 404, as OpenAI does. Unsupported features (images,
-penalties other than 0) are 400s that name the field.
+`model` other than the served one is a 404, as OpenAI does.
 
 Echo (/v1/completions): `echo: true` starts each choice's text with its prompt; with `logprobs`, the
 prompt's tokens come first in `tokens`, `token_logprobs`, `top_logprobs` and `text_offset`, scored by the
@@ -36,7 +38,7 @@ import codecs
 import dataclasses
 import secrets
 import time
-from typing import Literal
+from typing import ClassVar, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -47,12 +49,16 @@ from parley import tools as tool_format
 from parley.constraints import JSON_OBJECT
 from parley.engine import ParamError, SamplingParams
 from parley.serve.api_errors import ApiError, translate
+from parley.serve.openai_fields import refuse
 from parley.serve.openai_tools import NamedChoice, Tool, ToolCall, ToolPlan, call_deltas, check_history
 from parley.serve.streaming import beside, check_room, first_event, follow, sse, submit
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 MAX_N = 8
 MAX_PROMPTS = 16
+# Content parts this text-only server refuses, by type, with what to call them in the 400.
+MEDIA_PARTS = {"image_url": "images", "input_image": "images", "image": "images", "input_audio": "audio inputs",
+               "file": "files", "input_file": "files"}
 
 
 class _Strict(BaseModel):
@@ -88,7 +94,11 @@ class ResponseFormat(_Strict):
 
 
 class Sampling(_Strict):
-    """The fields both routes share."""
+    """The fields both routes share. Fields the SDK sends that are not declared here are kept (extra="allow")
+    only so that `openai_fields.refuse` sees them: openai_fields.FIELDS says what happens to each."""
+
+    model_config = ConfigDict(extra="allow")
+    route: ClassVar[str]  # "chat" or "completions": its column in openai_fields.FIELDS
 
     model: str = Field("", max_length=512)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -103,6 +113,7 @@ class Sampling(_Strict):
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None  # token id (as JSON spells it, a string) -> bias; checked by SamplingParams
     user: str | None = None
     response_format: ResponseFormat | None = None
 
@@ -116,25 +127,25 @@ class Sampling(_Strict):
 
     def params(self, request: Request, top_logprobs: int, max_tokens: int | None) -> list[SamplingParams]:
         """One SamplingParams per choice; seeds seed, seed+1, ..."""
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                raise ApiError(400, f"{name} is not supported: use repetition_penalty", param=name)
+        refuse(self.route, {**(self.model_extra or {}), **{k: getattr(self, k) for k in self.model_fields_set}})
         cap = request.app.state.options.max_tokens
         base = SamplingParams(
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
             top_k=self.top_k or 0,
             repetition_penalty=self.repetition_penalty or 1.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
             max_new_tokens=min(max_tokens or cap, cap),
             stop=list(self.stop or []),
             top_logprobs=top_logprobs,
             json_schema=self.response_format.schema() if self.response_format else None,
         )
-        try:
-            base.check()  # here, not in the driver, so a schema it cannot compile names the API's field
+        try:  # here, not in the driver, so a schema it cannot compile names the API's field
+            base = base.updated(logit_bias=self.logit_bias or {})  # ids from strings, and check()ed
         except ParamError as e:
             if e.key != "json_schema":
-                raise
+                raise  # a 400 naming e.key (api_errors.translate), e.g. logit_bias
             raise ApiError(400, f"response_format.json_schema.schema: {e}",
                            param="response_format.json_schema.schema") from None
         seeds = [None if self.seed is None else self.seed + i for i in range(self.n)]
@@ -161,6 +172,17 @@ class Message(_Strict):
             raise ValueError("a tool message needs tool_call_id (and only a tool message has one)")
         return self
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, content):
+        # Said before the union is tried: otherwise the error is "Input should be a valid string".
+        for part in content if isinstance(content, list) else []:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind in MEDIA_PARTS:
+                raise ValueError(f"{MEDIA_PARTS[kind]} are not supported: this model reads text only; "
+                                 "send text parts ({\"type\": \"text\", ...})")
+        return content
+
     def plain(self) -> dict:
         """The message as parley/tools.py reads it: role, text content, OpenAI-shaped tool fields."""
         content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
@@ -171,6 +193,7 @@ class Message(_Strict):
 
 
 class ChatRequest(Sampling):
+    route: ClassVar[str] = "chat"
     messages: list[Message] = Field(min_length=1, max_length=10_000)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -181,6 +204,7 @@ class ChatRequest(Sampling):
 
 
 class CompletionRequest(Sampling):
+    route: ClassVar[str] = "completions"
     prompt: str | list[str] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=0)  # 0: score the prompt alone (with echo)
     logprobs: int | None = Field(None, ge=0, le=5)

@@ -174,7 +174,19 @@ BAD_PARAMS = [
     ({"seed": 2**70}, "params.seed"),  # torch refuses it: every later message would be a 500
     ({"seed": -1}, "params.seed"),
     ({"json_schema": {"type": "object", "not": {}}}, "params.json_schema"),  # llguidance cannot compile `not`
+    ({"logit_bias": {"5": 101}}, "params.logit_bias"),
+    ({"logit_bias": {"five": 1}}, "params.logit_bias.five"),  # not a token id
+    ({"presence_penalty": 2.5}, "params.presence_penalty"),
+    ({"frequency_penalty": -3}, "params.frequency_penalty"),
 ]
+
+
+def test_stored_logit_bias_and_penalties_shape_every_reply(api, tiny_loaded):
+    hello = tiny_loaded.tokenizer.convert_tokens_to_ids("hello")
+    cid = new(api, params={**GREEDY, "logit_bias": {str(hello): 100}, "frequency_penalty": 0.5})
+    for _ in range(2):  # the second reply reads the params back from SQLite, where JSON made the ids strings
+        body = api.post(f"/v1/conversations/{cid}/messages", json={"content": "hi", "stream": False}).json()
+        assert body["message"]["content"] == "hello" * 8
 
 
 @pytest.mark.parametrize("params, field", BAD_PARAMS)

@@ -35,6 +35,9 @@ CHAT = [
     chat(messages=[{"role": "tool", "content": "hi"}]), chat(messages=[{"role": "user", "content": 5}]),
     chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
     chat(messages=[{"role": "user", "content": [{"text": "no type"}]}]),
+    chat(messages=[{"role": "user", "content": [{"type": {}, "text": ""}]}]),  # an unhashable type (once a 500)
+    chat(logit_bias=[1]), chat(logit_bias={"x": 1}), chat(logit_bias={"1": "x"}), chat(logit_bias={"-1": 1}),
+    chat(logit_bias={"1": 1e308}), chat(functions=[{"name": "f"}]), chat(modalities=["audio"]),
     chat(temperature="hot"), chat(temperature=-1), chat(temperature=2.5), chat(temperature=True),
     chat(temperature=[1]), chat(top_p=0), chat(top_p=1.5), chat(top_p="0.5"), chat(top_k=-1), chat(top_k=1.5),
     chat(max_tokens=0), chat(max_tokens=-5), chat(max_tokens=1.5), chat(max_tokens="10"), chat(max_tokens=True),

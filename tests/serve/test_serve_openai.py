@@ -116,7 +116,7 @@ def test_completions_raw_prompt(client, tiny_loaded):
     (dict(model="gpt-4o"), 404, "gpt-4o"),
     (dict(messages=[]), 400, "messages"),
     (dict(messages=[{"role": "wizard", "content": "hi"}]), 400, "messages[0].role"),
-    (dict(presence_penalty=1.0), 400, "presence_penalty"),
+    (dict(presence_penalty=2.5), 400, "presence_penalty"),
     (dict(logprobs=False, top_logprobs=2), 400, "top_logprobs"),
 ])
 def test_bad_requests_are_openai_errors(client, args, status, words):

@@ -46,6 +46,14 @@ def test_remote_text_is_the_local_engines(remote, tiny_loaded):
     assert all(math.isnan(t.logprob) for t in engine.stream(HELLO, GREEDY))  # not asked for
 
 
+def test_penalties_and_logit_bias_reach_the_remote(remote, tiny_loaded):
+    hello = tiny_loaded.tokenizer.convert_tokens_to_ids("hello")
+    for params in (SamplingParams(temperature=0, max_new_tokens=10, presence_penalty=1.5, frequency_penalty=0.5),
+                   SamplingParams(temperature=0, max_new_tokens=10, logit_bias={hello: 100})):
+        assert remote.generate(HELLO, params) == LocalEngine(tiny_loaded).generate(HELLO, params)
+    assert remote.generate(HELLO, params) == "hello" * 10
+
+
 def test_remote_errors_are_one_line(server, remote):
     with pytest.raises(ModelLoadError, match="serves: tiny"):
         backend.open("openai:gpt-4o", base_url=server[0] + "/v1")
