@@ -113,7 +113,7 @@ class Sampling(_Strict):
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None  # token id (as JSON spells it, a string) -> bias; checked by SamplingParams
+    logit_bias: dict[str, float] | None = None  # token id (a string in JSON) -> bias; checked by SamplingParams
     user: str | None = None
     response_format: ResponseFormat | None = None
 

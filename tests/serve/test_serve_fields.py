@@ -137,11 +137,11 @@ def check_honoured(name: str, ask: Ask, tiny_loaded) -> None:
         tools = [{"type": "function", "function": {"name": f, "parameters": {
             "type": "object", "properties": {"a": {"enum": [1, 2]}}, "required": ["a"], "additionalProperties": False}}}
             for f in ("f", "g")]
-        reply = ask(tools=tools, tool_choice="required", parallel_tool_calls=False).choices[0]
+        reply = ask(tools=tools, tool_choice="required", parallel_tool_calls=False, max_tokens=100).choices[0]
         assert reply.finish_reason == "tool_calls" and len(reply.message.tool_calls) == 1
         call = reply.message.tool_calls[0].function
         assert call.name in ("f", "g") and json.loads(call.arguments)["a"] in (1, 2)
-        named = ask(tools=tools, tool_choice={"type": "function", "function": {"name": "g"}}).choices[0]
+        named = ask(tools=tools, tool_choice={"type": "function", "function": {"name": "g"}}, max_tokens=100).choices[0]
         assert [c.function.name for c in named.message.tool_calls] == ["g"]
         assert ask(tools=tools, tool_choice="none").choices[0].message.tool_calls is None
         assert ask.error(tools=tools, tool_choice={"type": "function", "function": {"name": "h"}}).body["param"] \
