@@ -23,14 +23,15 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from parley.serve.api_errors import ApiError
-from parley.serve.openai_api import _check_model, _Strict
+from parley.serve.openai_api import _check_model
+from parley.serve.openai_tools import Strict
 from parley.serve.streaming import beside
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 MAX_INPUTS = 64
 
 
-class EmbeddingRequest(_Strict):
+class EmbeddingRequest(Strict):
     input: str | list[str] | list[int] | list[list[int]]
     model: str = Field("", max_length=512)
     encoding_format: Literal["float", "base64"] = "float"

@@ -27,37 +27,38 @@ from parley.constraints import GrammarError, json_grammar
 from parley.serve.api_errors import ApiError
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    # The OpenAI routes' base: "0.5" is not a number and true is not 1; unknown fields are ignored, as OpenAI's are.
     model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
 
-class FunctionDef(_Strict):
+class FunctionDef(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict | None = None
     strict: bool | None = None  # calls are constrained to the parameters either way when forced
 
 
-class Tool(_Strict):
+class Tool(Strict):
     type: Literal["function"]
     function: FunctionDef
 
 
-class FunctionName(_Strict):
+class FunctionName(Strict):
     name: str
 
 
-class NamedChoice(_Strict):
+class NamedChoice(Strict):
     type: Literal["function"]
     function: FunctionName
 
 
-class CalledFunction(_Strict):
+class CalledFunction(Strict):
     name: str
     arguments: str
 
 
-class ToolCall(_Strict):
+class ToolCall(Strict):
     id: str = Field(min_length=1, max_length=256)
     type: Literal["function"] = "function"
     function: CalledFunction

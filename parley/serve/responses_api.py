@@ -30,18 +30,19 @@ from pydantic import Field
 from parley.constraints import JSON_OBJECT
 from parley.engine import ParamError, SamplingParams
 from parley.serve.api_errors import ApiError, translate
-from parley.serve.openai_api import _check_model, _Strict
+from parley.serve.openai_api import _check_model
+from parley.serve.openai_tools import Strict
 from parley.serve.streaming import check_room, first_event, follow, sse, submit
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-class InputPart(_Strict):
+class InputPart(Strict):
     type: Literal["input_text", "output_text", "text"]
     text: str
 
 
-class InputMessage(_Strict):
+class InputMessage(Strict):
     type: Literal["message"] = "message"
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[InputPart]
@@ -51,7 +52,7 @@ class InputMessage(_Strict):
         return {"role": "system" if self.role == "developer" else self.role, "content": content}
 
 
-class TextFormat(_Strict):
+class TextFormat(Strict):
     type: Literal["text", "json_object", "json_schema"] = "text"
     name: str | None = Field(None, max_length=64)
     schema_: dict | None = Field(None, alias="schema")
@@ -59,11 +60,11 @@ class TextFormat(_Strict):
     strict: bool | None = None  # constrained either way
 
 
-class TextOptions(_Strict):
+class TextOptions(Strict):
     format: TextFormat = TextFormat()
 
 
-class ResponsesRequest(_Strict):
+class ResponsesRequest(Strict):
     input: str | list[InputMessage] = Field(min_length=1)
     model: str = Field("", max_length=512)
     instructions: str | None = None
