@@ -1,6 +1,6 @@
 """The next speed step, measured: one decode step of the embedded model compiled by torch.compile
 (inductor, weights frozen, its C++ GEMM template) beside the same step in eager mode, on the engine's
-own RowCache, fp32, batch 1.
+own RowCache, batch 1, fp32 or bf16 (--dtype).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/compile.py [--capacity 256] [--new-tokens 32] [--backends CPP]
 
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=256, help="KV columns the compiled step attends over")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--backends", default="CPP", help="inductor GEMM backends: CPP, or ATEN,CPP to autotune")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and activations")
     args = parser.parse_args()
 
     import torch
@@ -37,7 +38,8 @@ def main() -> None:
     inductor.freezing = True  # weights become constants: what the C++ GEMM template needs to prepack them
     inductor.max_autotune_gemm_backends = args.backends
     kvcache.FIRST_CAPACITY = args.capacity
-    loaded = models.load("smollm2")
+    loaded = models.load("smollm2", dtype=args.dtype)
+    dtype = getattr(torch, args.dtype)
     model = loaded.model
     cache = kvcache.RowCache(loaded.context_window)
 
@@ -54,7 +56,7 @@ def main() -> None:
         positions = torch.arange(start, start + len(ids))[None]
         cache.plan(0, positions)
         cache._width = args.capacity  # a fixed shape: the compiled step is specialized to it
-        return fn(torch.tensor([ids]), positions, cache.mask(torch.float32))
+        return fn(torch.tensor([ids]), positions, cache.mask(dtype))
 
     def decode(fn) -> tuple[list[int], float]:
         with torch.no_grad():
@@ -73,7 +75,7 @@ def main() -> None:
     compile_s = time.perf_counter() - start
     compiled_tokens, compiled_rate = decode(compiled)
     json.dump({
-        "model": "smollm2 (SmolLM2-135M-Instruct), fp32, batch 1", "threads": torch.get_num_threads(),
+        "model": f"smollm2 (SmolLM2-135M-Instruct), {args.dtype}, batch 1", "threads": torch.get_num_threads(),
         "capacity": args.capacity, "gemm_backends": args.backends, "new_tokens": args.new_tokens,
         "eager_tok_s": round(eager_rate, 1), "compiled_tok_s": round(compiled_rate, 1),
         "compiled_over_eager": round(compiled_rate / eager_rate, 2), "compile_s": round(compile_s, 1),
