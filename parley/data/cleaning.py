@@ -12,8 +12,10 @@ Wikipedia), in this order, each on by default with its threshold in `CleanConfig
                       punctuation) above `max_symbol_ratio`: tables of markup, ASCII art, encoded blobs
     digits            share of non-space characters that are digits above `max_digit_ratio`: number dumps
     repeated_lines    share of non-empty lines that repeat an earlier line above `max_dup_line_ratio`
-    repeated_ngrams   share of the words' characters inside word 5-grams seen more than once above
-                      `max_dup_ngram_ratio` (Gopher's duplicate n-gram rule, Rae et al. 2021)
+    repeated_ngrams   share of the words' characters inside word 10-grams seen more than once above
+                      `max_dup_ngram_ratio` (Gopher's duplicate n-gram rule, Rae et al. 2021, looser:
+                      Gopher drops above 0.10 at n=10, which also drops ~1 in 10 technical documents
+                      such as package READMEs or the Python reference, whose phrases recur)
     duplicate         the same text as an earlier document (whitespace at the ends ignored)
     near_duplicate    estimated Jaccard similarity of word 5-gram shingles with an earlier kept document at
                       or above `near_dup_threshold` (MinHash + LSH from datasketch)
@@ -42,7 +44,8 @@ from parley.errors import ConfigError
 
 REASONS = ("too_short", "too_few_words", "symbols", "digits", "repeated_lines", "repeated_ngrams",
            "duplicate", "near_duplicate", "not_utf8")
-NGRAM = 5  # words per shingle, for both the repeated n-gram rule and MinHash
+SHINGLE = 5  # words per MinHash shingle
+DUP_NGRAM = 10  # words per n-gram of the repeated n-gram rule
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SENTENCE_PUNCTUATION = set(".,;:!?'\"()[]-–—…‘’“”«»/")
 
@@ -56,7 +59,7 @@ class CleanConfig:
     max_symbol_ratio: float = 0.25  # drop when more than this share of non-space characters are symbols (1 = off)
     max_digit_ratio: float = 0.25  # drop when more than this share of non-space characters are digits (1 = off)
     max_dup_line_ratio: float = 0.3  # drop when more than this share of non-empty lines repeat an earlier line (1 = off)
-    max_dup_ngram_ratio: float = 0.15  # drop when more than this share of word characters sit in repeated word 5-grams (1 = off)
+    max_dup_ngram_ratio: float = 0.3  # drop when more than this share of word characters sit in repeated word 10-grams (1 = off)
     dedup: bool = True  # drop exact duplicate documents (the first copy is kept)
     near_dup: bool = True  # drop near-duplicates of a kept document (MinHash LSH over word 5-grams)
     near_dup_threshold: float = 0.8  # estimated Jaccard similarity at which a document is a near-duplicate
@@ -149,7 +152,7 @@ class Cleaner:
                 return "duplicate"
             self._seen.add(digest)
         if self._lsh is not None:
-            shingles = {" ".join(g).encode("utf-8", "surrogatepass") for g in _ngrams(_words(text.lower()), NGRAM)}
+            shingles = {" ".join(g).encode("utf-8", "surrogatepass") for g in _ngrams(_words(text.lower()), SHINGLE)}
             if not shingles:  # shorter than one shingle: the exact check is all there is
                 return None
             from datasketch import MinHash
@@ -193,7 +196,7 @@ def dup_line_ratio(text: str) -> float:
     return (len(lines) - len(set(lines))) / len(lines)
 
 
-def dup_ngram_ratio(words: list[str], n: int = NGRAM) -> float:
+def dup_ngram_ratio(words: list[str], n: int = DUP_NGRAM) -> float:
     """Share of the words' characters covered by word n-grams that occur more than once."""
     grams = _ngrams(words, n)
     if not grams:
