@@ -133,18 +133,22 @@ SOURCES_HELP = """Source specs: [FORMAT:]LOCATION[,KEY=VALUE...], or a built-in 
 \b
 Built-in, offline: chatterbot, python-stdlib (code files),
   python-stdlib-pairs (documented functions as requests and answers)
-No FORMAT: a directory is code (git ls-files, else .gitignore honoured);
-  a file goes by extension (.jsonl .json .csv .tsv .parquet,
-  .txt Persona-Chat, .yml chatterbot) and by its first record's keys
+No FORMAT: a directory is code (git ls-files, else .gitignore honoured),
+  or prose if it holds .txt/.md/.rst and no code; a file goes by
+  extension (.jsonl[.gz] .json .csv .tsv .parquet, .txt Persona-Chat
+  or prose, .md .rst prose, .xml[.bz2] Wikipedia, .yml chatterbot)
+  and by its first record's keys (a text/content column is prose)
 FORMAT: chat messages sharegpt personachat table
-  code stack codesearchnet pairs hf
+  code stack codesearchnet pairs hf text
 KEYS: prompt= response= system= (columns; a+b joins two),
-  langs=python+go max_kb=N (code), split= config= (hf), lang= (chatterbot)
+  langs=python+go max_kb=N (code), split= config= (hf), lang= (chatterbot),
+  text=COLUMN split=paragraph (text)
 
 \b
 e.g. --source chat:dialogs.jsonl --source chatterbot
      --source table:qa.csv,prompt=question,response=answer
      --source code:~/src/proj,langs=python --source hf:NAME,split=train
+     --source text:~/books,split=paragraph --source text:enwiki.xml.bz2
 """
 
 
@@ -158,11 +162,14 @@ def data_prepare(
     pack: bool = typer.Option(default(PrepareConfig, "pack"), help="Concatenate short examples up to --max-len."),
     skip_bad: bool = typer.Option(default(PrepareConfig, "skip_bad"), "--skip-bad", help="Leave malformed records out instead of stopping."),
     overwrite: bool = typer.Option(default(PrepareConfig, "overwrite"), help="Replace --out if it is not empty."),
+    clean_rules: list[str] = typer.Option([], "--clean", help="Cleaning of text: sources, KEY=VALUE (repeatable), e.g. min_words=20, near_dup=false; `off` for none. Keys: `parley data stats` shows them."),
 ) -> None:
-    """Tokenize sources with the model's chat template; the loss falls only on the assistant's replies."""
+    """Tokenize sources with the model's chat template; the loss falls only on the assistant's replies (all of raw text)."""
+    from parley.data.cleaning import CleanConfig, with_overrides
     from parley.data.prepare import prepare_for_model
 
-    config = PrepareConfig(max_len=max_len, val_ratio=val_ratio, pack=pack, skip_bad=skip_bad, overwrite=overwrite)
+    config = PrepareConfig(max_len=max_len, val_ratio=val_ratio, pack=pack, skip_bad=skip_bad, overwrite=overwrite,
+                           clean=with_overrides(CleanConfig(), clean_rules))
     manifest = prepare_for_model(source, out, model, config, progress=lambda m: print(m, file=sys.stderr))
     splits = manifest.splits
     print(f"{out}: train {splits['train']['examples']:,} examples ({splits['train']['tokens']:,} tokens), "

@@ -4,7 +4,9 @@
     sources.py       `--source` specs (the scheme is documented there) → streams of records
     chat_formats.py, personachat.py, chatterbot.py, tables.py     conversations in the shapes people have
     code_files.py, code_formats.py, code_pairs.py                 code: directories, repos, datasets, pairs
-    textfiles.py     UTF-8 lines and streamed JSON with line numbers
+    prose.py, wikipedia.py     prose for continued pre-training: text files, web-text rows, Wikipedia dumps
+    cleaning.py      exact / near-duplicate and quality rules for prose, counted by reason
+    textfiles.py     UTF-8 lines and streamed JSON with line numbers (.gz / .bz2 decompressed on the way)
     tokenize.py      chat template rendering, assistant-only labels, fitting to length, packing
     prepare.py       `parley data prepare`: the whole pipeline, written atomically with a manifest
     manifest.py      manifest.json: the typed, versioned description of a prepared dataset

@@ -16,6 +16,11 @@ one output batch per split, and digests of kept code files are held), and each s
 is written once, in place (the JSON beside it is what `save_to_disk` would write). The validation split takes
 records by content hash, so it is stable across runs and identical records land in the same split.
 
+Prose (`text:` sources) is cleaned on the way (`cleaning.py`: exact and near duplicates across all the
+run's sources, and quality rules), each document dropped counted under its reason in the source's
+`skipped`; the rules and thresholds are `PrepareConfig.clean`, recorded in the manifest's settings.
+Progress is reported every few seconds: bytes read (where the reader can tell), documents, and an ETA.
+
 Bad records: by default every source is read to the end and, if any record is malformed, nothing is
 written and the error gives the count and the first ten (`file:line: what is wrong`); with
 `skip_bad` they are left out and counted. Output is built in a temporary directory beside `out` and
@@ -26,10 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from parley.data.cleaning import CleanConfig, Cleaner
 from parley.data.manifest import Manifest
 from parley.data.records import Bad, Record
 from parley.data.sources import Source, parse
@@ -45,6 +52,7 @@ SHOWN_BAD = 10  # malformed records listed in the error
 # ~36 bytes a token, and the Rust tokenizer's encodings about as much again.
 WRITE_TOKENS = 1 << 18  # tokens buffered per split before an Arrow record batch is written
 BATCH_CHARS = 1 << 20  # characters of text tokenized per call (besides `batch` records)
+PROGRESS_EVERY = 5.0  # seconds between progress lines while a source is read
 
 
 @dataclass
@@ -53,12 +61,14 @@ class PrepareConfig:
 
     max_len: int = 0  # longest example in tokens; 0 = the model's context window, at most 2048
     val_ratio: float = 0.05  # share of records (chosen by content hash) put in the validation split
-    pack: bool = False  # concatenate consecutive short examples up to max_len (position_ids restart per record)
+    pack: bool = False  # concatenate consecutive short examples up to max_len (position_ids restart per record; training keeps attention within each)
     skip_bad: bool = False  # leave malformed records out (and count them) instead of stopping
     overwrite: bool = False  # replace `out` if it already holds something
     batch: int = 256  # records tokenized per call (the Rust tokenizer spreads a batch over the cores)
+    clean: CleanConfig = field(default_factory=CleanConfig)  # cleaning rules for prose (text:) documents
 
     def check(self) -> None:
+        self.clean.check()
         if self.max_len < 0 or self.max_len == 1:
             raise ConfigError(f"--max-len must be 0 (the model's context window) or at least 2, got {self.max_len}")
         if not 0 <= self.val_ratio < 1:
@@ -134,14 +144,18 @@ def in_validation(record: Record, ratio: float) -> bool:
 def _build(sources: list[Source], tmp: Path, tokenizer, template, config: PrepareConfig, max_len: int, progress) -> Manifest:
     encoder = Encoder(tokenizer, template, max_len)
     writers = {s: _SplitWriter(tmp / s / SHARD, max_len if config.pack else 0) for s in SPLITS}
+    cleaner = Cleaner(config.clean)  # one for the run: duplicates are found across sources
     bad: list[str] = []
     counts = []
     for source in sources:
+        source.cleaner = cleaner
         count = _SourceCount(source.spec)
         counts.append(count)
         failed = any(c.bad for c in counts[:-1]) and not config.skip_bad
-        _read_source(source, count, encoder, writers, config, bad, failed)
-        progress(f"{source.spec}: {count.records} records" + (f", {count.bad} bad" if count.bad else ""))
+        _read_source(source, count, encoder, writers, config, bad, failed, _Meter(source, count, progress))
+        dropped = sum(count.skipped.values())
+        progress(f"{source.spec}: {count.records} records" + (f", {count.bad} bad" if count.bad else "")
+                 + (f", {dropped} skipped" if dropped else ""))
 
     for writer in writers.values():
         writer.close()
@@ -192,12 +206,44 @@ def _describe(tmp: Path, writers: dict) -> None:
             raise DataError(f"{tmp}: the {name} split reads back {len(loaded[name])} rows, not {writer.examples}")
 
 
-def _read_source(source: Source, count: _SourceCount, encoder, writers, config: PrepareConfig, bad: list[str], failed: bool) -> None:
+class _Meter:
+    """Progress lines for one source, at most every PROGRESS_EVERY seconds: bytes, documents, ETA."""
+
+    def __init__(self, source: Source, count: _SourceCount, progress):
+        self.source, self.count, self.progress = source, count, progress
+        self.started = self.last = time.monotonic()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY:
+            return
+        self.last = now
+        self.progress(progress_line(self.source.spec, self.count.records, sum(self.source.skipped.values()),
+                                    self.source.done, self.source.total, now - self.started))
+
+
+def progress_line(spec: str, records: int, skipped: int, done: int, total: int, seconds: float) -> str:
+    """`spec: 12.0/100.0 MB (12%), 3,456 documents (78 skipped), 1.2 MB/s, ETA 0:01:13` (the parts known)."""
+    parts = [f"{records:,} documents" + (f" ({skipped:,} skipped)" if skipped else "")]
+    if done:
+        size = f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB ({min(done / total, 1):.0%})" if total else f"{done / 1e6:,.1f} MB"
+        parts.insert(0, size)
+        if seconds > 0:
+            parts.append(f"{done / 1e6 / seconds:,.1f} MB/s")
+        if total and done < total:
+            left = round((total - done) * seconds / done)
+            parts.append(f"ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}")
+    return f"{spec}: " + ", ".join(parts)
+
+
+def _read_source(source: Source, count: _SourceCount, encoder, writers, config: PrepareConfig, bad: list[str], failed: bool,
+                 meter: _Meter) -> None:
     """Read one source to the end, tokenizing in bounded batches; after the first bad record of a
     run that will fail, only check the rest, so the error can give the full count."""
     batch: list[Record] = []
     chars = 0
     for item in source.read():
+        meter.tick()
         if isinstance(item, Bad):
             count.bad += 1
             if len(bad) < SHOWN_BAD:

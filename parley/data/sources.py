@@ -2,23 +2,31 @@
 
     [FORMAT:]LOCATION[,KEY=VALUE...]      or a built-in set's name: chatterbot, python-stdlib, python-stdlib-pairs
 
-FORMAT may be left out: a directory is read as code, a file by its extension (.jsonl/.json, .csv/.tsv,
-.parquet, .txt, .yml) and, for JSON and tables, by the keys of its first record. Give it to insist:
+FORMAT may be left out: a directory is read as code (as prose when it holds .txt/.md/.rst files and no
+code), a file by its extension (.jsonl/.json, .csv/.tsv, .parquet, .txt, .md/.rst, .yml, .xml[.bz2];
+.gz/.bz2 compressed JSONL too) and, for JSON and tables, by the keys of its first record (a `text`,
+`content` or `raw_content` column with no chat or code layout is prose). A .txt file is Persona-Chat
+when its first line is, else prose. Give FORMAT to insist:
 
     chat:FILE            any chat layout below, detected         code:DIR|URL|FILE   code dir, repo, or code JSONL
     messages:FILE        OpenAI {"messages": [...]}              stack:FILE          The Stack {"content", "lang", "path"}
     sharegpt:FILE        {"conversations": [{from, value}]}      codesearchnet:FILE  {"code", "docstring", "func_name"}
     personachat:FILE     ParlAI text (.txt) or JSON              pairs:DIR           instruction pairs from Python
     table:FILE           CSV/TSV/Parquet/JSON prompt+response    hf:NAME             a Hugging Face dataset (cache/Hub)
+    text:FILE|DIR|URL    prose for continued pre-training: .txt/.md/.rst, JSONL/Parquet text column,
+                         Wikipedia XML dumps, hf:NAME (see prose.py)
 
 KEYs: prompt=, response=, system= (column names; `a+b` joins columns) for tables and JSON pairs;
-langs=python+go and max_kb=N for code; split= and config= for hf:; lang= for chatterbot.
+langs=python+go and max_kb=N for code; split= and config= for hf:; lang= for chatterbot;
+text=COLUMN and split=document|paragraph for text.
 
 Examples:  --source chat:dialogs.jsonl  --source chatterbot  --source code:~/src/proj,langs=python
            --source table:qa.csv,prompt=question,response=answer  --source python-stdlib-pairs
+           --source text:~/books,split=paragraph  --source text:c4-train.00000.json.gz
 
 Every source yields `Record`s and `Bad`s; a source that yields neither is an error, and each
-source's skipped items are counted by reason (`Source.skipped`).
+source's skipped items are counted by reason (`Source.skipped`). Prose documents also pass the
+cleaning rules of `Source.cleaner` when one is set (`parley data prepare` sets one; evaluation does not).
 """
 
 from __future__ import annotations
@@ -29,18 +37,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parley.data import chat_formats, chatterbot, code_files, code_formats, code_pairs, personachat, tables
+from parley.data import chat_formats, chatterbot, code_files, code_formats, code_pairs, personachat, prose, tables, wikipedia
 from parley.data.chat_formats import Columns
+from parley.data.cleaning import Cleaner
 from parley.data.code_files import CodeFilter
 from parley.data.records import Bad, Record
-from parley.data.textfiles import json_items, lines
+from parley.data.textfiles import data_suffix, json_items, lines
 from parley.errors import ConfigError, DataError
 
 BUILTINS = ("chatterbot", "python-stdlib", "python-stdlib-pairs")
 CHAT = ("messages", "sharegpt", "personachat", "pairs")  # row layouts that are conversations
 CODE = ("stack", "codesearchnet")  # row layouts that are code
-FORMATS = ("chat", "code", "messages", "sharegpt", "personachat", "table", "stack", "codesearchnet", "pairs", "hf")
-KEYS = ("prompt", "response", "system", "langs", "max_kb", "split", "config", "lang")
+FORMATS = ("chat", "code", "messages", "sharegpt", "personachat", "table", "stack", "codesearchnet", "pairs", "hf", "text")
+KEYS = ("prompt", "response", "system", "langs", "max_kb", "split", "config", "lang", "text")
 JSON_EXT = (".jsonl", ".json", ".ndjson")
 TABLE_EXT = (".csv", ".tsv", ".parquet")
 
@@ -54,18 +63,29 @@ class Source:
     location: str
     options: dict[str, str] = field(default_factory=dict)
     skipped: Counter = field(default_factory=Counter)  # reason → count, filled while reading
+    cleaner: Cleaner | None = None  # cleaning rules for prose documents (shared by a run's sources), or none
+    done: int = 0  # bytes read so far, where the reader can tell (prose sources), for progress
+    total: int = 0  # bytes to read, where known before reading (0 = unknown)
 
     def check(self) -> None:
         """Fail now, before any model is loaded, if the location plainly cannot be read."""
-        if self.format in BUILTINS or self.format == "hf" or code_files.is_url(self.location):
+        if self.format in BUILTINS or self.format == "hf" or code_files.is_url(self.location) or prose.is_url(self.location):
+            return
+        if self.format == "text" and self.location.startswith("hf:"):
             return
         if not Path(self.location).expanduser().exists():
             raise DataError(f"{self.location}: no such file or directory")
 
     def read(self) -> Iterator[Record | Bad]:
         self.skipped.clear()
+        self.done = self.total = 0
         found = 0
         for item in _dispatch(self):
+            if self.cleaner is not None and isinstance(item, Record) and item.meta.get("prose"):
+                why = self.cleaner.reason(item.messages[0]["content"])
+                if why:
+                    self.skipped[why] += 1
+                    continue
             found += 1
             yield item
         if not found:
@@ -100,9 +120,15 @@ def _dispatch(src: Source) -> Iterator[Record | Bad]:
         filt = _code_filter(opts, default_langs="python")
         files = code_files.read_code(str(code_files.stdlib_root()), filt, src.skipped)
         return _pairs(files, src.skipped) if fmt.endswith("pairs") else files
-    if fmt == "hf":
-        return _rows(src, tables.hub_rows(where, opts.get("config"), opts.get("split", "train")), f"hf:{where}", table=True)
+    if fmt == "hf" or (fmt == "text" and where.startswith("hf:")):
+        name = where.removeprefix("hf:")
+        return _rows(src, tables.hub_rows(name, opts.get("config"), opts.get("split", "train")), f"hf:{name}", table=True)
+    if fmt in (None, "text") and prose.is_url(where):
+        return _download(src, where)
     path = Path(where).expanduser()
+    if fmt == "text" and path.is_dir() or fmt is None and path.is_dir() and prose.is_prose_dir(path):
+        skip = src.cleaner.config.not_utf8 if src.cleaner is not None else True
+        return prose.read_dir(path, prose.split_mode(opts, hub=False), src.skipped, skip, src)
     if fmt == "pairs":
         return _pairs(code_files.read_code(where, _code_filter(opts, "python"), src.skipped), src.skipped)
     if fmt in (None, "code") and (path.is_dir() or code_files.is_url(where)):
@@ -110,28 +136,46 @@ def _dispatch(src: Source) -> Iterator[Record | Bad]:
     if not path.exists():
         raise DataError(f"{where}: no such file or directory")
     if path.is_dir():
-        raise DataError(f"{where}: is a directory; {fmt}: reads a file (code:DIR and pairs:DIR read directories)")
+        raise DataError(f"{where}: is a directory; {fmt}: reads a file (code:DIR, pairs:DIR and text:DIR read directories)")
     return _file(src, path)
 
 
+def _download(src: Source, url: str) -> Iterator[Record | Bad]:
+    for path in prose.downloaded(url):
+        yield from _file(src, path)
+
+
 def _file(src: Source, path: Path) -> Iterator[Record | Bad]:
-    ext = path.suffix.lower()
+    ext = data_suffix(path)
+    text = src.format == "text"
     if ext == ".txt" and src.format in (None, "chat", "personachat"):
-        first = next((text for _, text in lines(path) if text.strip()), "")
+        first = next((line for _, line in lines(path) if line.strip()), "")
         if personachat.looks_like(first):
             return personachat.read(path)
-        raise DataError(f"{path}:1: not the Persona-Chat text format ('1 your persona: ...' or 'N text<TAB>reply')")
+        if src.format is not None:
+            raise DataError(f"{path}:1: not the Persona-Chat text format ('1 your persona: ...' or 'N text<TAB>reply'); "
+                            f"for prose, use text:{path}")
+        text = True
+    if wikipedia.is_dump(path) and src.format in (None, "text"):
+        mode = prose.split_mode(src.options, hub=False)
+        return prose.read_dump(path, mode, src.skipped, src)
+    if text and ext in prose.TEXT_EXT or src.format is None and ext in (".md", ".markdown", ".rst"):
+        return prose.read_file(path, prose.split_mode(src.options, hub=False), src)
+    if text and ext not in JSON_EXT + (".parquet",):
+        raise DataError(f"{path}: text: reads .txt/.md/.rst, JSONL/JSON/Parquet with a text column, or a Wikipedia "
+                        f".xml/.xml.bz2 dump, not {ext or '(no extension)'!r}")
     if ext in (".yml", ".yaml") and src.format in (None, "chat"):
         return chatterbot.read_file(path)
     if ext in (".csv", ".tsv"):
         return _rows(src, tables.csv_rows(path), str(path), table=True, columns=tables.csv_header(path))
     if ext == ".parquet":
         return _rows(src, tables.parquet_rows(path), str(path), table=True, columns=tables.parquet_columns(path))
+    src.total = path.stat().st_size
     if ext in JSON_EXT:
         return _rows(src, json_items(path), str(path), table=False)
     raise DataError(
-        f"{path}: unknown format {ext or '(no extension)'!r}; use .jsonl/.json, .csv/.tsv, .parquet, "
-        f".txt (Persona-Chat) or .yml (chatterbot), or a directory of code"
+        f"{path}: unknown format {ext or '(no extension)'!r}; use .jsonl/.json, .csv/.tsv, .parquet, .txt "
+        f"(Persona-Chat or prose), .md/.rst (prose), .xml[.bz2] (Wikipedia) or .yml (chatterbot), or a directory"
     )
 
 
@@ -147,9 +191,17 @@ def _rows(src: Source, rows, source: str, table: bool, columns: list[str] | None
     layout = _layout(src, first[1] if first else None, columns, source)
     resolved = _columns(src, layout, columns or (first[1].keys() if first and isinstance(first[1], dict) else []), source, table)
     filt = _code_filter(src.options)
+    if layout == "text":
+        name = prose.column(src.options, columns or (first[1].keys() if first and isinstance(first[1], dict) else []))
+        mode = prose.split_mode(src.options, hub=source.startswith("hf:"))
     for line, obj in itertools.chain(head_bad, [first] if first else [], rows):
         if isinstance(obj, Bad):
             yield obj
+        elif layout == "text":
+            for item in prose.from_row(obj, name, source, line, mode):
+                if isinstance(item, Record):
+                    src.done += len(item.messages[0]["content"].encode("utf-8", "surrogatepass"))
+                yield item
         elif layout == "stack":
             record = code_formats.from_stack(obj, source, line, filt, src.skipped)
             if record is not None:
@@ -176,14 +228,20 @@ def _layout(src: Source, first, columns, source: str) -> str:
     sample = first if first is not None else dict.fromkeys(columns)
     if _column_opts(src):
         return "pairs"
-    detected = chat_formats.detect(sample) or code_formats.detect(sample)
+    keys = list(sample.keys()) if isinstance(sample, dict) else []
+    if asked == "text" or "text" in src.options:
+        if prose.column(src.options, keys) is None:
+            wanted = src.options.get("text") or " or ".join(prose.TEXT_COLUMNS)
+            raise DataError(f"{source}: no {wanted} column for the text (columns: {', '.join(map(str, keys))}); name it with ,text=COLUMN")
+        return "text"
+    detected = chat_formats.detect(sample) or code_formats.detect(sample) or ("text" if prose.column({}, keys) else None)
     keys = ", ".join(map(str, sample.keys())) if isinstance(sample, dict) else type(sample).__name__
     if detected is None and columns is not None:  # a table: say which columns it lacks
         raise DataError(f"{source}: {Columns().missing(columns)}")
     if detected is None:
         raise DataError(
             f"{source}: unknown record layout (keys: {keys}); expected messages, conversations, "
-            f"personality/utterances, prompt/response columns, The Stack or CodeSearchNet rows"
+            f"personality/utterances, prompt/response columns, The Stack or CodeSearchNet rows, or a text column"
         )
     family = {"chat": CHAT, "code": CODE}.get(src.format or "")
     if family and detected not in family:

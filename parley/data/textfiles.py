@@ -4,14 +4,17 @@
     json_items(path)  (line, value) for each record of a JSONL file, a JSON array, or a JSON object
                       whose values are arrays of records (Persona-Chat's {"train": [...], "valid": [...]})
 
-Both read in chunks, so memory stays flat however large the file. A line of JSONL that does not parse
+Both read in chunks, so memory stays flat however large the file; a `.gz` or `.bz2` file is decompressed
+as it is read (`data_suffix` names the format under the compression: `c4-train.json.gz` → `.json`). A line of JSONL that does not parse
 is yielded as a `Bad` (the rest of the file is still read); a JSON array that does not parse cannot be
 resynchronised, so it raises. Bytes that are not UTF-8 raise a `DataError` naming the line.
 """
 
 from __future__ import annotations
 
+import bz2
 import codecs
+import gzip
 import json
 import re
 from collections.abc import Iterator
@@ -29,12 +32,16 @@ _FIRST_KEY = re.compile(r'\{\s*"([^"\\]*)"')
 
 def lines(path: Path) -> Iterator[tuple[int, str]]:
     """Each line of a UTF-8 text file, with its 1-based number and its line ending."""
+    number = 0
     with _open(path) as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                yield number, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise not_utf8(path, number, e) from None
+        try:
+            for number, raw in enumerate(f, 1):
+                try:
+                    yield number, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise not_utf8(path, number, e) from None
+        except (OSError, EOFError) as e:  # a corrupt or truncated .gz / .bz2
+            raise DataError(f"{path}:{number + 1}: cannot decompress it ({e}); download it again") from None
 
 
 def not_utf8(path, line: int, error: UnicodeDecodeError) -> DataError:
@@ -70,9 +77,21 @@ def _jsonl(path: Path) -> Iterator[tuple[int, object]]:
             yield number, Bad(str(path), number, f"not valid JSON: {e.msg} (column {e.colno})")
 
 
+COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}
+
+
+def data_suffix(path: Path) -> str:
+    """The lower-case extension that says what a file holds, under any compression suffix."""
+    suffixes = [s.lower() for s in Path(path).suffixes[-2:]]
+    if len(suffixes) == 2 and suffixes[1] in COMPRESSED:
+        return suffixes[0]
+    return suffixes[-1] if suffixes else ""
+
+
 def _open(path: Path):
+    opener = COMPRESSED.get(Path(path).suffix.lower(), open)
     try:
-        return open(path, "rb")
+        return opener(path, "rb")
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -101,7 +120,10 @@ class _Scanner:
     def _fill(self, size: int = CHUNK) -> bool:
         if self.eof:
             return False
-        raw = self.file.read(size)
+        try:
+            raw = self.file.read(size)
+        except (OSError, EOFError) as e:  # a corrupt or truncated .gz / .bz2
+            raise DataError(f"{self.path}:{self.line}: cannot decompress it ({e}); download it again") from None
         try:
             text = self.decoder.decode(raw, final=not raw)
         except UnicodeDecodeError as e:

@@ -153,8 +153,11 @@ def _join(pieces) -> tuple[list[int], list[int]]:
 
 class Packer:
     """Greedy packing in arrival order: whole examples are concatenated while they fit in `max_len`
-    (none is split), with position ids restarting at each one so that trainers which support it
-    (flash-attention varlen, transformers' flattening collator) keep attention within a record."""
+    (none is split), with position ids restarting at each one. Training passes these position ids
+    without an attention mask, from which transformers builds a block-diagonal causal mask (sdpa,
+    eager, flash-attention varlen alike), so no token attends to another record. Raw text ends with the
+    end-of-sequence token; a chat record with the template's end-of-turn marker. The first label of
+    every record after the first is -100: its first token is not predicted from another record."""
 
     def __init__(self, max_len: int):
         self.max_len = max_len
@@ -171,8 +174,11 @@ class Packer:
         done = []
         if self.ids and len(self.ids) + len(example.input_ids) > self.max_len:
             done = self.flush()
+        labels = example.labels
+        if self.sources:  # no loss on predicting a record's first token from the end of the record before it
+            labels = [IGNORE, *labels[1:]]
         self.ids += example.input_ids
-        self.labels += example.labels
+        self.labels += labels
         self.positions += range(len(example.input_ids))
         self.sources.append(example.source)
         return done

@@ -1,7 +1,8 @@
 """`parley data stats DIR` and `parley data show DIR [N]`: what a prepared dataset will teach.
 
     stats   per split: examples, records, tokens, the share of tokens that carry loss, and a histogram
-            of tokens per example; per source: records, bad, skipped by reason (from manifest.json)
+            of tokens per example; per source: records, bad, skipped by reason (from manifest.json);
+            the cleaning rules and thresholds that were applied to text: sources
     show    example N (0-based) decoded with the dataset's own tokenizer.json: the context the loss
             skips is dimmed, the tokens the model learns are highlighted
 
@@ -56,7 +57,7 @@ def stats(directory: Path) -> dict:
             "histogram": _histogram(lengths, manifest.settings.get("max_len") or max(lengths, default=1)),
         }
     return {"dir": str(directory), "splits": splits, "sources": manifest.sources,
-            "length_changes": manifest.length_changes, "tokenizer": manifest.tokenizer}
+            "length_changes": manifest.length_changes, "tokenizer": manifest.tokenizer, "settings": manifest.settings}
 
 
 def print_stats(directory: Path, console=None) -> None:
@@ -84,6 +85,11 @@ def print_stats(directory: Path, console=None) -> None:
         skipped = ", ".join(f"{k} {v}" for k, v in source.get("skipped", {}).items())
         console.print(plain(f"{source['spec']}: {source['records']:,} records, {source['bad']} bad"
                             + (f"; skipped: {skipped}" if skipped else "")))
+    clean = report["settings"].get("clean")
+    if clean is not None:  # only text: sources are cleaned; the rules are shown whatever the sources
+        from parley.data.cleaning import CleanConfig
+
+        console.print(plain(f"cleaning (text: sources): {CleanConfig(**clean).describe()}"))
     changes = {k: v for k, v in report["length_changes"].items() if v}
     if changes:
         console.print("length: " + ", ".join(f"{k} {v}" for k, v in changes.items()))

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from parley.data.cleaning import CleanConfig
 from parley.errors import ConfigError
 
 
@@ -40,7 +41,8 @@ class DataConfig:
     max_len: int = 0  # longest training sequence in tokens (longer rows are cut from the end); 0 = the model's context window
     val_rows: int = 0  # validation rows evaluated at each evaluation; 0 = all of them
     val_ratio: float = 0.05  # share of a raw source's records held out for validation (by content hash)
-    pack: bool = False  # when preparing raw sources: concatenate short examples up to max_len
+    pack: bool = False  # when preparing raw sources: concatenate short examples up to max_len (attention stays within each)
+    clean: CleanConfig = field(default_factory=CleanConfig)  # when preparing raw text: duplicates and quality rules
 
 
 @dataclass
@@ -154,6 +156,10 @@ class TrainConfig:
         for key, ok, allowed in rules:
             if not ok:
                 raise ConfigError(f"{key} = {_value_at(self, key)!r} is not allowed: it must be {allowed}")
+        try:
+            self.data.clean.check()
+        except ConfigError as e:
+            raise ConfigError(f"data.{e}") from None
         if not self.data.sources:
             raise ConfigError("data.sources is empty: name a prepared dir or a source, e.g. --set data.sources=chatterbot")
         if self.data.weights and len(self.data.weights) != len(self.data.sources):
@@ -239,13 +245,14 @@ def field_notes(cls) -> dict[str, str]:
     return notes
 
 
-def _sections():
-    yield "", TrainConfig
-    default = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
+def _sections(prefix: str = "", cls=TrainConfig):
+    """(key prefix, dataclass) of every section, nested ones (data.clean) after their parent."""
+    yield prefix, cls
+    default = cls()
+    for f in dataclasses.fields(cls):
         value = getattr(default, f.name)
         if dataclasses.is_dataclass(value):
-            yield f"{f.name}.", type(value)
+            yield from _sections(f"{prefix}{f.name}.", type(value))
 
 
 def _merge(target, table: dict, prefix: str, origin: str) -> None:

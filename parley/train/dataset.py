@@ -49,14 +49,15 @@ def preflight(specs: list[str]) -> None:
         if path.is_dir() and (path / "dataset_dict.json").is_file():
             raise DataError(f"data.sources[{i}]: {spec} has no {MANIFEST}: prepare it with `parley data prepare`")
         source = parse(spec)
-        if source.format in BUILTINS or source.format == "hf" or "://" in source.location or source.location.startswith("git@"):
+        if source.format in BUILTINS or source.format == "hf" or source.location.startswith(("hf:", "git@")) or "://" in source.location:
             continue
         if not Path(source.location).expanduser().exists():
             raise DataError(f"data.sources[{i}]: {source.location}: no such file or directory")
 
 
 def open_data(specs: list[str], run_dir: Path, tokenizer, template: str, accelerator, *,
-              max_len: int, val_ratio: float, pack: bool, context_window: int, seq2seq: bool, say) -> TrainData:
+              max_len: int, val_ratio: float, pack: bool, context_window: int, seq2seq: bool, say,
+              clean=None) -> TrainData:
     """Prepare what is raw (main process first), check every manifest, open the splits."""
     import datasets
 
@@ -73,7 +74,7 @@ def open_data(specs: list[str], run_dir: Path, tokenizer, template: str, acceler
             if not _prepared_for(target, spec):
                 if accelerator.is_main_process:
                     say(f"preparing data.sources[{i}] {spec} → {target}")
-                _prepare(spec, target, tokenizer, template, max_len, val_ratio, pack, context_window)
+                _prepare(spec, target, tokenizer, template, max_len, val_ratio, pack, context_window, clean)
             dirs.append(target)
     for spec, d in zip(specs, dirs):
         _check_tokenizer(d, spec, tokenizer)
@@ -90,10 +91,11 @@ def open_data(specs: list[str], run_dir: Path, tokenizer, template: str, acceler
     return TrainData(train=train, sizes=sizes, val=val, template=template, dirs=dirs)
 
 
-def _prepare(spec, target, tokenizer, template, max_len, val_ratio, pack, context_window) -> None:
+def _prepare(spec, target, tokenizer, template, max_len, val_ratio, pack, context_window, clean) -> None:
+    from parley.data.cleaning import CleanConfig
     from parley.data.prepare import PrepareConfig, prepare
 
-    config = PrepareConfig(max_len=max_len, val_ratio=val_ratio, pack=pack, overwrite=True)
+    config = PrepareConfig(max_len=max_len, val_ratio=val_ratio, pack=pack, overwrite=True, clean=clean or CleanConfig())
     prepare([spec], target, tokenizer, template, config, model="", context_window=context_window)
 
 

@@ -160,7 +160,7 @@ def _data(config: TrainConfig, loaded, run_dir: Path, accelerator, seq2seq: bool
     """The run's data (raw sources prepared first) and the plan that groups its rows into steps."""
     data = dataset.open_data(
         config.data.sources, run_dir, loaded.tokenizer, loaded.template, accelerator,
-        max_len=config.data.max_len, val_ratio=config.data.val_ratio, pack=config.data.pack,
+        max_len=config.data.max_len, val_ratio=config.data.val_ratio, pack=config.data.pack, clean=config.data.clean,
         context_window=loaded.context_window, seq2seq=seq2seq, say=lambda text: _say(accelerator, text),
     )
     if data.template != loaded.template:
@@ -348,11 +348,20 @@ class _Steps:
                              decoder_input_ids=self.decoder_inputs(labels=batch["labels"]), use_cache=False)
             logits, targets = out.logits, batch["labels"]  # (B, T_reply, V), (B, T_reply)
         else:
-            extra = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
-            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **extra)
+            out = self.model(input_ids=batch["input_ids"], use_cache=False, **causal_inputs(batch))
             # Token t predicts t+1: shift the labels (padding the end) rather than copy the (B, T, V) logits.
             logits, targets = out.logits, F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+def causal_inputs(batch: dict) -> dict:
+    """The attention inputs of a causal batch. Packed rows pass their position ids and no mask: from
+    positions that restart at 0, transformers builds a block-diagonal causal mask (masking_utils'
+    packed-sequence path, for sdpa, eager and flash attention alike), so records packed into one row
+    never attend to each other. Right padding (position 0, label -100) forms one-token blocks of its own."""
+    if "position_ids" in batch:
+        return {"position_ids": batch["position_ids"]}
+    return {"attention_mask": batch["attention_mask"]}
 
 
 def _count_learned(labels, seq2seq: bool):

@@ -173,7 +173,7 @@ def test_one_line_errors_for_unusable_sources(tmp_path):
     cases = {
         str(empty): "no records found",
         str(odd): "unknown format '.docx'",
-        str(text): "not the Persona-Chat text format",
+        f"chat:{text}": "not the Persona-Chat text format",  # without chat: it is prose (tests/data/test_data_text_sources.py)
         str(unknown): "unknown record layout (keys: foo)",
         str(tmp_path / "missing.jsonl"): "no such file or directory",
         f"code:{chat}": "its records look like messages, not code",

@@ -100,3 +100,30 @@ def test_half_written_and_half_deleted_checkpoints_are_ignored_then_cleaned(acc,
     assert checkpoint.latest(tmp_path).name == "step-00000002"
     checkpoint.clean_leftovers(tmp_path)
     assert sorted(p.name for p in root.iterdir()) == ["step-00000002", "step-00000006"]
+
+
+@pytest.mark.parametrize("arch, attn", [("llama", "sdpa"), ("gpt2", "eager")])
+def test_packed_rows_keep_attention_within_each_record(tokenizer, arch, attn):
+    """Training passes packed rows' position ids without a mask (loop.causal_inputs): a record's logits in a
+    packed, right-padded row are the logits it gets alone, so no record attends to another."""
+    import sys
+    from pathlib import Path
+
+    from parley.train.loop import causal_inputs
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    import tiny_models
+
+    model = getattr(tiny_models, f"tiny_{arch}")(tokenizer, attn_implementation=attn)
+    first, second = [5, 6, 7, 8, 9], [10, 11, 12]
+    rows = [{"input_ids": first + second, "labels": first + second, "position_ids": [0, 1, 2, 3, 4, 0, 1, 2]},
+            {"input_ids": second, "labels": second, "position_ids": [0, 1, 2]}]
+    batch = collate(rows, pad_id=0, seq2seq=False, max_len=16)
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], use_cache=False, **causal_inputs(batch)).logits  # as training calls it
+        alone = model(input_ids=torch.tensor([second])).logits
+        unmasked = model(input_ids=batch["input_ids"][:1], position_ids=batch["position_ids"][:1],
+                         attention_mask=batch["attention_mask"][:1]).logits
+    torch.testing.assert_close(packed[0, 5:8], alone[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(packed[1, :3], alone[0], atol=1e-5, rtol=1e-4)  # padding changes nothing either
+    assert not torch.allclose(unmasked[0, 5:8], alone[0], atol=1e-3)  # with the mask, it would see the first record

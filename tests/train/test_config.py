@@ -13,12 +13,11 @@ from parley.train.config import TrainConfig, describe, field_notes, load_config
 from .train_task import REPO, run_cli
 
 
-def _sections():
-    config = TrainConfig()
-    yield TrainConfig
-    for f in dataclasses.fields(config):
-        if dataclasses.is_dataclass(getattr(config, f.name)):
-            yield type(getattr(config, f.name))
+def _sections(cls=TrainConfig):
+    yield cls
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(getattr(cls(), f.name)):
+            yield from _sections(type(getattr(cls(), f.name)))
 
 
 def test_every_key_has_a_note_and_appears_in_the_help():
@@ -29,7 +28,7 @@ def test_every_key_has_a_note_and_appears_in_the_help():
             if not dataclasses.is_dataclass(getattr(cls(), f.name)):
                 assert notes.get(f.name), f"{cls.__name__}.{f.name} has no note"
                 assert notes[f.name] in text
-    assert "lora.r = 0" in text and "optim.schedule = \"cosine\"" in text and "max_steps = 0" in text
+    assert "data.clean.min_words = 5" in text and "lora.r = 0" in text and "optim.schedule = \"cosine\"" in text and "max_steps = 0" in text
 
 
 def test_toml_then_set_overrides_with_types(tmp_path):
