@@ -138,13 +138,19 @@ No FORMAT: a directory is code (git ls-files, else .gitignore honoured);
   .txt Persona-Chat, .yml chatterbot) and by its first record's keys
 FORMAT: chat messages sharegpt personachat table
   code stack codesearchnet pairs hf
+Preferences (a preference dataset, for `train --set method=dpo`):
+  feedback[:DB] (the store: edits and picks are pairs, thumbs are labels),
+  prefs:FILE (TRL prompt/chosen/rejected, HH-RLHF, UltraFeedback,
+  prompt/completion/label); such .jsonl/.parquet files are also detected
 KEYS: prompt= response= system= (columns; a+b joins two),
-  langs=python+go max_kb=N (code), split= config= (hf), lang= (chatterbot)
+  langs=python+go max_kb=N (code), split= config= (hf), lang= (chatterbot),
+  since=YYYY-MM-DD until= model=SPEC (feedback)
 
 \b
 e.g. --source chat:dialogs.jsonl --source chatterbot
      --source table:qa.csv,prompt=question,response=answer
      --source code:~/src/proj,langs=python --source hf:NAME,split=train
+     --source feedback,since=2026-01-01,model=smollm2
 """
 
 

@@ -10,9 +10,11 @@ FORMAT may be left out: a directory is read as code, a file by its extension (.j
     sharegpt:FILE        {"conversations": [{from, value}]}      codesearchnet:FILE  {"code", "docstring", "func_name"}
     personachat:FILE     ParlAI text (.txt) or JSON              pairs:DIR           instruction pairs from Python
     table:FILE           CSV/TSV/Parquet/JSON prompt+response    hf:NAME             a Hugging Face dataset (cache/Hub)
+    prefs:FILE           preferences (TRL, HH-RLHF, UltraFeedback, unpaired)   feedback[:DB]  the store's feedback
 
 KEYs: prompt=, response=, system= (column names; `a+b` joins columns) for tables and JSON pairs;
-langs=python+go and max_kb=N for code; split= and config= for hf:; lang= for chatterbot.
+langs=python+go and max_kb=N for code; split= and config= for hf:; lang= for chatterbot; since=, until=
+(dates, UTC) and model= for feedback.
 
 Examples:  --source chat:dialogs.jsonl  --source chatterbot  --source code:~/src/proj,langs=python
            --source table:qa.csv,prompt=question,response=answer  --source python-stdlib-pairs
@@ -29,18 +31,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parley.data import chat_formats, chatterbot, code_files, code_formats, code_pairs, personachat, tables
+from parley.data import chat_formats, chatterbot, code_files, code_formats, code_pairs, personachat, preference_formats, tables
 from parley.data.chat_formats import Columns
 from parley.data.code_files import CodeFilter
 from parley.data.records import Bad, Record
 from parley.data.textfiles import json_items, lines
 from parley.errors import ConfigError, DataError
 
-BUILTINS = ("chatterbot", "python-stdlib", "python-stdlib-pairs")
+BUILTINS = ("chatterbot", "python-stdlib", "python-stdlib-pairs", "feedback")
 CHAT = ("messages", "sharegpt", "personachat", "pairs")  # row layouts that are conversations
 CODE = ("stack", "codesearchnet")  # row layouts that are code
-FORMATS = ("chat", "code", "messages", "sharegpt", "personachat", "table", "stack", "codesearchnet", "pairs", "hf")
-KEYS = ("prompt", "response", "system", "langs", "max_kb", "split", "config", "lang")
+FORMATS = ("chat", "code", "messages", "sharegpt", "personachat", "table", "stack", "codesearchnet", "pairs", "hf",
+           "prefs", "feedback")
+PREFERENCE = ("prefs", "feedback")  # formats whose records are preferences (preference_formats.py)
+KEYS = ("prompt", "response", "system", "langs", "max_kb", "split", "config", "lang", "since", "until", "model")
 JSON_EXT = (".jsonl", ".json", ".ndjson")
 TABLE_EXT = (".csv", ".tsv", ".parquet")
 
@@ -61,6 +65,19 @@ class Source:
             return
         if not Path(self.location).expanduser().exists():
             raise DataError(f"{self.location}: no such file or directory")
+
+    @property
+    def kind(self) -> str:
+        """`preference` (chosen/rejected replies) or `sft` (conversations, code, text)."""
+        if self.format in PREFERENCE:
+            return "preference"
+        path = Path(self.location).expanduser()
+        if self.format is None and path.is_file() and path.suffix.lower() in JSON_EXT + (".parquet",):
+            rows = tables.parquet_rows(path) if path.suffix.lower() == ".parquet" else json_items(path)
+            first = next((obj for _, obj in rows if not isinstance(obj, Bad)), None)
+            if preference_formats.detect(first) is not None:
+                return "preference"
+        return "sft"
 
     def read(self) -> Iterator[Record | Bad]:
         self.skipped.clear()
@@ -94,6 +111,10 @@ def parse(spec: str) -> Source:
 
 def _dispatch(src: Source) -> Iterator[Record | Bad]:
     fmt, where, opts = src.format, src.location, src.options
+    if fmt == "feedback":
+        return preference_formats.from_store(where, opts)
+    if src.kind == "preference":
+        return _preferences(Path(where).expanduser())
     if fmt == "chatterbot":
         return chatterbot.read(src.skipped, opts.get("lang", "english"))
     if fmt in ("python-stdlib", "python-stdlib-pairs"):
@@ -213,6 +234,14 @@ def _code_filter(opts: dict, default_langs: str | None = None) -> CodeFilter:
     except ValueError:
         raise ConfigError(f"max_kb={opts['max_kb']!r} is not a whole number of kilobytes") from None
     return CodeFilter(langs=frozenset(langs.split("+")) if langs else None, max_kb=max_kb)
+
+
+def _preferences(path: Path) -> Iterator:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (preferences are read from .jsonl/.json or .parquet files)")
+    rows = tables.parquet_rows(path) if path.suffix.lower() == ".parquet" else json_items(path)
+    for line, obj in rows:
+        yield obj if isinstance(obj, Bad) else preference_formats.read(obj, str(path), line)
 
 
 def _pairs(files: Iterator[Record], skipped: Counter) -> Iterator[Record]:
