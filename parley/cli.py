@@ -140,15 +140,20 @@ No FORMAT: a directory is code (git ls-files, else .gitignore honoured),
   and by its first record's keys (a text/content column is prose)
 FORMAT: chat messages sharegpt personachat table
   code stack codesearchnet pairs hf text
+Preferences (a preference dataset, for `train --set method=dpo`):
+  feedback[:DB] (the store: edits and picks are pairs, thumbs are labels),
+  prefs:FILE (TRL prompt/chosen/rejected, HH-RLHF, UltraFeedback,
+  prompt/completion/label); such .jsonl/.parquet files are also detected
 KEYS: prompt= response= system= (columns; a+b joins two),
   langs=python+go max_kb=N (code), split= config= (hf), lang= (chatterbot),
-  text=COLUMN split=paragraph (text)
+  text=COLUMN split=paragraph (text), since=YYYY-MM-DD until= model=SPEC (feedback)
 
 \b
 e.g. --source chat:dialogs.jsonl --source chatterbot
      --source table:qa.csv,prompt=question,response=answer
      --source code:~/src/proj,langs=python --source hf:NAME,split=train
      --source text:~/books,split=paragraph --source text:enwiki.xml.bz2
+     --source feedback,since=2026-01-01,model=smollm2
 """
 
 

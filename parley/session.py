@@ -16,6 +16,10 @@ which replaces the replies after that message in one transaction, only if the st
 still ends where this session last saw it (else store.ConversationChanged, and nothing changes):
 until a new reply exists, the old one stays, and a message another client added is never deleted.
 
+Feedback: `rate(good, note)`, `edit(text)`, `versions()` and `pick(n)` act on the last reply (or on
+the reply with a given store id, as the server's routes do); the store keeps each judgement with its
+context, and regenerating keeps the old reply as an earlier version rather than deleting it.
+
 Limits: two sessions on one conversation append their turns interleaved; only regenerating checks.
 """
 
@@ -126,6 +130,48 @@ class Session:
     def stored_params(self) -> dict:
         """The parameters that differ from the defaults: what the store keeps."""
         return {k: v for k, v in vars(self.params).items() if v != getattr(SamplingParams(), k)}
+
+    # Feedback on replies (the store keeps it, with its context, for `parley data prepare --source
+    # feedback`). `reply` is a message id; None means the last message, which must be a reply.
+
+    def rate(self, good: bool | None, note: str | None = None, reply: int | None = None) -> None:
+        """Thumbs up (True) or down (False) on a reply, with an optional reason; None withdraws it."""
+        self.store.rate(self._conversation(), self._reply(reply), good, note)
+
+    def edit(self, content: str, note: str | None = None, reply: int | None = None) -> None:
+        """Rewrite a reply: the rewrite is shown from now on and kept as the better answer."""
+        if not content.strip():
+            raise ConfigError("the edited reply is empty; type the reply as it should have been")
+        reply = self._reply(reply)
+        self.store.edit_reply(self._conversation(), reply, content, note)
+        self._shown(reply, content)
+
+    def versions(self, reply: int | None = None) -> list[str]:
+        """Every version of a reply (regenerations and edits), oldest first."""
+        return self.store.versions(self._conversation(), self._reply(reply))
+
+    def pick(self, number: int, reply: int | None = None) -> str:
+        """Show version `number` (1-based) of a reply, preferred to its other versions; returns its text."""
+        reply = self._reply(reply)
+        text = self.store.pick_version(self._conversation(), reply, number)
+        self._shown(reply, text)
+        return text
+
+    def _conversation(self) -> str:
+        if self.id is None:
+            raise ConfigError("there is no reply yet to give feedback on")
+        return self.id
+
+    def _reply(self, reply: int | None) -> int:
+        if reply is not None:
+            return reply
+        if self.last_id is None or not self.messages or self.messages[-1]["role"] != "assistant":
+            raise ConfigError("the last message is not a reply: feedback is given on the assistant's replies")
+        return self.last_id
+
+    def _shown(self, reply: int, text: str) -> None:
+        if reply == self.last_id and self.messages:  # the session mirrors the last message only by id
+            self.messages[-1] = {"role": "assistant", "content": text}
 
     def _system(self) -> list[dict]:
         return [{"role": "system", "content": self.system}] if self.system else []

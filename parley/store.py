@@ -10,6 +10,12 @@ Concurrency: the file is in WAL mode, so readers never block the writer and seve
 returns, so a crash (even SIGKILL) loses nothing already added. Writers queue behind each other for
 up to `BUSY_TIMEOUT_S`, then fail with CacheError.
 
+Feedback: `rate` (thumbs up/down with a note), `edit_reply` (the user's rewrite becomes the shown
+version and is preferred to the original), `pick_version` (one version of a regenerated reply is
+preferred to the others). Each is a row of `feedback` with its own copy of the context, which
+`feedback()` reads back for `parley data prepare --source feedback`. Regenerating keeps every
+version (`versions()`); the message row holds the one shown.
+
 Schema: `MIGRATIONS` is a list of SQL scripts; `PRAGMA user_version` records how many have run.
 Opening an older file runs the missing ones forward in one transaction. Never edit a shipped
 migration; append a new one.
@@ -61,6 +67,34 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
     """,
+    # 2: versions of regenerated (or edited) replies, and what people thought of replies. A message
+    # row is the reply shown; `version` is which of its versions (1-based; NULL: it has only one).
+    # Feedback keeps its own copy of the context, so a later edit, regeneration or deletion of the
+    # message does not change what was judged.
+    """
+    ALTER TABLE messages ADD COLUMN version INTEGER;
+    CREATE TABLE versions (
+        id INTEGER PRIMARY KEY,
+        message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        content TEXT NOT NULL,
+        meta TEXT,  -- JSON object or NULL
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX versions_by_message ON versions(message_id, id);
+    CREATE TABLE feedback (
+        id INTEGER PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        message_id INTEGER,  -- the reply judged (no foreign key: it may be replaced later)
+        kind TEXT NOT NULL,  -- good, bad (thumbs), edit (chosen: the edit), pick (chosen: the version picked)
+        context TEXT NOT NULL,  -- JSON list of the messages before the reply, system prompt first
+        chosen TEXT,  -- the better reply (NULL for a thumbs down)
+        rejected TEXT,  -- the worse reply (NULL for a thumbs up)
+        note TEXT,  -- why, in the user's words
+        model TEXT NOT NULL,  -- the conversation's model spec when the feedback was given
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX feedback_by_time ON feedback(created_at);
+    """,
 ]
 
 
@@ -80,8 +114,28 @@ class ConversationChanged(ParleyError):
                          "reload the conversation and try again")
 
 
+class MessageNotFound(ParleyError):
+    """A message id that is not a reply in the given conversation, or a version it does not have."""
+
+
 class AmbiguousConversation(ParleyError):
     """An id prefix that matches more than one conversation."""
+
+
+@dataclass
+class Feedback:
+    """One judgement of a reply, with the context it answered (a copy taken when it was given)."""
+
+    id: int
+    conversation_id: str
+    message_id: int | None
+    kind: str  # good, bad, edit, pick
+    context: list[dict]  # the messages before the reply, system prompt first
+    chosen: str | None  # the better reply: a thumbs up's reply, an edit, the picked version
+    rejected: str | None  # the worse reply: a thumbs down's reply, the edited original, a version not picked
+    note: str | None
+    model: str
+    created_at: float
 
 
 @dataclass
@@ -241,8 +295,25 @@ class Store:
             # Insert before deleting: SQLite reuses the largest rowid once it is deleted, and a reply
             # that took its predecessor's id would let a stale `last_id` pass the check above.
             reply = self._insert(conn, conversation_id, "assistant", content, meta)
-            conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids[max(0, keep):]])
+            replaced = ids[max(0, keep):]
+            old = conn.execute(f"SELECT id FROM messages WHERE role = 'assistant' AND id IN "
+                               f"({','.join('?' * len(replaced))}) ORDER BY id LIMIT 1", replaced).fetchone()
+            if old is not None:  # the new reply is the newest version of the old one
+                self._carry_versions(conn, old[0], reply)
+            conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in replaced])
             return reply
+
+    def _carry_versions(self, conn: sqlite3.Connection, old: int, new: int) -> None:
+        """Give message `new` every version of `old` (its own text the first, when it had none),
+        then its own text as the newest, shown."""
+        if not conn.execute("SELECT 1 FROM versions WHERE message_id = ?", (old,)).fetchone():
+            conn.execute("INSERT INTO versions (message_id, content, meta, created_at) "
+                         "SELECT id, content, meta, created_at FROM messages WHERE id = ?", (old,))
+        conn.execute("UPDATE versions SET message_id = ? WHERE message_id = ?", (new, old))
+        conn.execute("INSERT INTO versions (message_id, content, meta, created_at) "
+                     "SELECT id, content, meta, created_at FROM messages WHERE id = ?", (new,))
+        count = conn.execute("SELECT COUNT(*) FROM versions WHERE message_id = ?", (new,)).fetchone()[0]
+        conn.execute("UPDATE messages SET version = ? WHERE id = ?", (count, new))
 
     def _insert(self, conn: sqlite3.Connection, conversation_id: str, role: str, content: str,
                 meta: dict | None) -> int:
@@ -265,6 +336,111 @@ class Store:
         rows = self._rows("SELECT id, role, content FROM messages WHERE conversation_id = ? "
                           "ORDER BY id", (conversation_id,))
         return [{"role": role, "content": content} for _, role, content in rows], (rows[-1][0] if rows else None)
+
+    def replies(self, conversation_id: str) -> list[dict]:
+        """The messages with their store ids; a reply with several versions also has `version`
+        (the one shown, 1-based) and `versions` (how many)."""
+        self.get(conversation_id)
+        rows = self._rows("SELECT m.id, m.role, m.content, m.version, (SELECT COUNT(*) FROM versions v "
+                          "WHERE v.message_id = m.id) FROM messages m WHERE m.conversation_id = ? ORDER BY m.id",
+                          (conversation_id,))
+        out = []
+        for mid, role, content, version, count in rows:
+            out.append({"id": mid, "role": role, "content": content}
+                       | ({"version": version, "versions": count} if count > 1 else {}))
+        return out
+
+    def versions(self, conversation_id: str, message_id: int) -> list[str]:
+        """Every version of reply `message_id`, oldest first (just its text when it has one)."""
+        with self._translate():
+            conn = self._conn()
+            self._reply(conn, conversation_id, message_id)
+            texts = [r[0] for r in conn.execute("SELECT content FROM versions WHERE message_id = ? ORDER BY id",
+                                                (message_id,))]
+            return texts or [self._reply(conn, conversation_id, message_id)[1]]
+
+    def pick_version(self, conversation_id: str, message_id: int, number: int) -> str:
+        """Show version `number` (1-based) of a regenerated reply, and record it as preferred to each
+        of the others (one `pick` pair per other version, replacing an earlier pick of this reply)."""
+        with self._write() as conn:
+            _, shown = self._reply(conn, conversation_id, message_id)
+            texts = [r[0] for r in conn.execute("SELECT content FROM versions WHERE message_id = ? ORDER BY id",
+                                                (message_id,))] or [shown]
+            if not 1 <= number <= len(texts):
+                raise MessageNotFound(f"reply {message_id} has no version {number}: choose 1 to {len(texts)}")
+            chosen = texts[number - 1]
+            conn.execute("UPDATE messages SET content = ?, version = ? WHERE id = ?", (chosen, number, message_id))
+            self._touch(conn, conversation_id)
+            conn.execute("DELETE FROM feedback WHERE message_id = ? AND kind = 'pick'", (message_id,))
+            for other in dict.fromkeys(t for t in texts if t != chosen):  # equal texts are no preference
+                self._feedback(conn, conversation_id, message_id, "pick", chosen=chosen, rejected=other)
+            return chosen
+
+    def edit_reply(self, conversation_id: str, message_id: int, content: str, note: str | None = None) -> None:
+        """Replace a reply's text with the user's rewrite, kept as its newest version (the original
+        stays as an older one) and recorded as preferred to the text it replaced."""
+        with self._write() as conn:
+            _, before = self._reply(conn, conversation_id, message_id)
+            if content == before:
+                return
+            if not conn.execute("SELECT 1 FROM versions WHERE message_id = ?", (message_id,)).fetchone():
+                conn.execute("INSERT INTO versions (message_id, content, meta, created_at) "
+                             "SELECT id, content, meta, created_at FROM messages WHERE id = ?", (message_id,))
+            conn.execute("INSERT INTO versions (message_id, content, meta, created_at) VALUES (?, ?, ?, ?)",
+                         (message_id, content, json.dumps({"edited": True}), time.time()))
+            count = conn.execute("SELECT COUNT(*) FROM versions WHERE message_id = ?", (message_id,)).fetchone()[0]
+            conn.execute("UPDATE messages SET content = ?, version = ? WHERE id = ?", (content, count, message_id))
+            self._touch(conn, conversation_id)
+            self._feedback(conn, conversation_id, message_id, "edit", chosen=content, rejected=before, note=note)
+
+    def rate(self, conversation_id: str, message_id: int, good: bool | None, note: str | None = None) -> None:
+        """Thumbs up (good=True) or down on the reply as now shown; None withdraws the rating. A new
+        rating of the same reply replaces the old one."""
+        with self._write() as conn:
+            _, content = self._reply(conn, conversation_id, message_id)
+            conn.execute("DELETE FROM feedback WHERE message_id = ? AND kind IN ('good', 'bad')", (message_id,))
+            if good is not None:
+                self._feedback(conn, conversation_id, message_id, "good" if good else "bad",
+                               chosen=content if good else None, rejected=None if good else content, note=note)
+            self._touch(conn, conversation_id)
+
+    def feedback(self, *, since: float | None = None, until: float | None = None, model: str | None = None,
+                 conversation_id: str | None = None) -> list[Feedback]:
+        """Stored feedback, oldest first; `since`/`until` are unix seconds (until excluded)."""
+        where, args = [], []
+        for clause, value in (("created_at >= ?", since), ("created_at < ?", until), ("model = ?", model),
+                              ("conversation_id = ?", conversation_id)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = ("SELECT id, conversation_id, message_id, kind, context, chosen, rejected, note, model, created_at "
+               "FROM feedback" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id")
+        return [Feedback(*row[:4], json.loads(row[4]), *row[5:]) for row in self._rows(sql, tuple(args))]
+
+    def _reply(self, conn: sqlite3.Connection, conversation_id: str, message_id: int) -> tuple[list[dict], str]:
+        """(the context before reply `message_id`, system prompt first; its text), or MessageNotFound."""
+        row = conn.execute("SELECT role, content FROM messages WHERE id = ? AND conversation_id = ?",
+                           (message_id, conversation_id)).fetchone()
+        if row is None or row[0] != "assistant":
+            if not conn.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone():
+                raise ConversationNotFound(conversation_id)
+            raise MessageNotFound(f"conversation '{conversation_id}' has no reply {message_id}: "
+                                  "feedback is given on the assistant's messages")
+        system = conn.execute("SELECT system FROM conversations WHERE id = ?", (conversation_id,)).fetchone()[0]
+        before = conn.execute("SELECT role, content FROM messages WHERE conversation_id = ? AND id < ? ORDER BY id",
+                              (conversation_id, message_id)).fetchall()
+        context = ([{"role": "system", "content": system}] if system else []) + \
+            [{"role": r, "content": c} for r, c in before]
+        return context, row[1]
+
+    def _feedback(self, conn: sqlite3.Connection, conversation_id: str, message_id: int, kind: str, *,
+                  chosen: str | None, rejected: str | None, note: str | None = None) -> None:
+        context, _ = self._reply(conn, conversation_id, message_id)
+        model = conn.execute("SELECT model FROM conversations WHERE id = ?", (conversation_id,)).fetchone()[0]
+        conn.execute("INSERT INTO feedback (conversation_id, message_id, kind, context, chosen, rejected, note, "
+                     "model, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (conversation_id, message_id, kind, json.dumps(context), chosen, rejected, note or None,
+                      model, time.time()))
 
     def get(self, conversation_id: str) -> Conversation:
         rows = self._rows(f"{_SELECT} WHERE c.id = ?", (conversation_id,))

@@ -21,6 +21,11 @@ run's sources, and quality rules), each document dropped counted under its reaso
 `skipped`; the rules and thresholds are `PrepareConfig.clean`, recorded in the manifest's settings.
 Progress is reported every few seconds: bytes read (where the reader can tell), documents, and an ETA.
 
+Preference sources (chosen/rejected replies: `--source feedback`, `prefs:FILE`, or a file whose records
+look like preferences) make a preference dataset instead: columns prompt_ids, chosen_ids, rejected_ids,
+source (preference_tokenize.py), and manifest settings.kind = "preference". They cannot be mixed with
+conversation sources in one `prepare`.
+
 Bad records: by default every source is read to the end and, if any record is malformed, nothing is
 written and the error gives the count and the first ten (`file:line: what is wrong`); with
 `skip_bad` they are left out and counted. Output is built in a temporary directory beside `out` and
@@ -101,11 +106,18 @@ def prepare(
     sources = check_inputs(specs, out, config)
     out = Path(out)
     max_len = config.max_len or min(context_window, 2048)
+    preference = _kind(sources) == "preference"
     with atomic_dir(out) as tmp:
-        manifest = _build(sources, tmp, tokenizer, template, config, max_len, progress)
+        if preference:
+            from parley.data import preference_tokenize
+
+            manifest = preference_tokenize.build(sources, tmp, tokenizer, template, config, max_len, progress,
+                                                 in_validation, SHOWN_BAD)
+        else:
+            manifest = _build(sources, tmp, tokenizer, template, config, max_len, progress)
         manifest.model, manifest.chat_template, manifest.template_fingerprint = model, template, fingerprint(template)
         manifest.tokenizer = tokenizer_info(tokenizer)
-        manifest.settings = {**asdict(config), "max_len": max_len}
+        manifest.settings = {**asdict(config), "max_len": max_len, "kind": "preference" if preference else "sft"}
         manifest.write(tmp)
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         if _occupied(out) and not config.overwrite:
@@ -121,9 +133,21 @@ def check_inputs(specs: list[str], out: Path, config: PrepareConfig) -> list[Sou
     sources = [parse(spec) for spec in specs]
     for source in sources:
         source.check()
+    if _kind(sources) == "preference" and config.pack:
+        raise ConfigError("--pack: preference data is not packed (each row is a context and its replies); drop --pack")
     if _occupied(Path(out)) and not config.overwrite:
         raise DataError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
     return sources
+
+
+def _kind(sources: list[Source]) -> str:
+    """`preference` or `sft`: what every source holds (the two make different datasets)."""
+    kinds = {source.kind for source in sources}
+    if len(kinds) > 1:
+        prefs = ", ".join(s.spec for s in sources if s.kind == "preference")
+        raise ConfigError(f"--source: {prefs} hold preferences (chosen/rejected replies) and the others hold "
+                          "conversations; they make different datasets: prepare them separately")
+    return kinds.pop()
 
 
 def tokenizer_info(tokenizer) -> dict:
@@ -168,7 +192,7 @@ def _build(sources: list[Source], tmp: Path, tokenizer, template, config: Prepar
         raise DataError(f"nothing to train on: all {sum(c.records for c in counts)} records were dropped "
                         f"({encoder.counts['too_long']} longer than --max-len {max_len} even after dropping turns)")
 
-    _describe(tmp, writers)
+    describe_splits(tmp, writers)
     digest = hashlib.sha256()
     for s in SPLITS:
         digest.update(writers[s].digest.digest())
@@ -183,8 +207,9 @@ def _build(sources: list[Source], tmp: Path, tokenizer, template, config: Prepar
     )
 
 
-def _describe(tmp: Path, writers: dict) -> None:
-    """The JSON files that make `tmp` a `save_to_disk` DatasetDict around the Arrow files as written.
+def describe_splits(tmp: Path, writers: dict) -> None:
+    """The JSON files that make `tmp` a `save_to_disk` DatasetDict around the Arrow files as written
+    (`writers`: split name → an object with the file's `path`, a sha256 `digest` and `examples`).
 
     Written here rather than by `save_to_disk`, which would copy every row once more and, reading
     through a memory map, hold the whole dataset's pages in the process's resident memory."""

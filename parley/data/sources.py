@@ -15,10 +15,11 @@ when its first line is, else prose. Give FORMAT to insist:
     table:FILE           CSV/TSV/Parquet/JSON prompt+response    hf:NAME             a Hugging Face dataset (cache/Hub)
     text:FILE|DIR|URL    prose for continued pre-training: .txt/.md/.rst, JSONL/Parquet text column,
                          Wikipedia XML dumps, hf:NAME (see prose.py)
+    prefs:FILE           preferences (TRL, HH-RLHF, UltraFeedback, unpaired)   feedback[:DB]  the store's feedback
 
 KEYs: prompt=, response=, system= (column names; `a+b` joins columns) for tables and JSON pairs;
 langs=python+go and max_kb=N for code; split= and config= for hf:; lang= for chatterbot;
-text=COLUMN and split=document|paragraph for text.
+text=COLUMN and split=document|paragraph for text; since=, until= (dates, UTC) and model= for feedback.
 
 Examples:  --source chat:dialogs.jsonl  --source chatterbot  --source code:~/src/proj,langs=python
            --source table:qa.csv,prompt=question,response=answer  --source python-stdlib-pairs
@@ -37,7 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parley.data import chat_formats, chatterbot, code_files, code_formats, code_pairs, personachat, prose, tables, wikipedia
+from parley.data import (chat_formats, chatterbot, code_files, code_formats, code_pairs, personachat,
+                         preference_formats, prose, tables, wikipedia)
 from parley.data.chat_formats import Columns
 from parley.data.cleaning import Cleaner
 from parley.data.code_files import CodeFilter
@@ -45,11 +47,14 @@ from parley.data.records import Bad, Record
 from parley.data.textfiles import data_suffix, json_items, lines
 from parley.errors import ConfigError, DataError
 
-BUILTINS = ("chatterbot", "python-stdlib", "python-stdlib-pairs")
+BUILTINS = ("chatterbot", "python-stdlib", "python-stdlib-pairs", "feedback")
 CHAT = ("messages", "sharegpt", "personachat", "pairs")  # row layouts that are conversations
 CODE = ("stack", "codesearchnet")  # row layouts that are code
-FORMATS = ("chat", "code", "messages", "sharegpt", "personachat", "table", "stack", "codesearchnet", "pairs", "hf", "text")
-KEYS = ("prompt", "response", "system", "langs", "max_kb", "split", "config", "lang", "text")
+FORMATS = ("chat", "code", "messages", "sharegpt", "personachat", "table", "stack", "codesearchnet", "pairs", "hf",
+           "text", "prefs", "feedback")
+PREFERENCE = ("prefs", "feedback")  # formats whose records are preferences (preference_formats.py)
+KEYS = ("prompt", "response", "system", "langs", "max_kb", "split", "config", "lang", "text", "since", "until",
+        "model")
 JSON_EXT = (".jsonl", ".json", ".ndjson")
 TABLE_EXT = (".csv", ".tsv", ".parquet")
 
@@ -75,6 +80,19 @@ class Source:
             return
         if not Path(self.location).expanduser().exists():
             raise DataError(f"{self.location}: no such file or directory")
+
+    @property
+    def kind(self) -> str:
+        """`preference` (chosen/rejected replies) or `sft` (conversations, code, text)."""
+        if self.format in PREFERENCE:
+            return "preference"
+        path = Path(self.location).expanduser()
+        if self.format is None and path.is_file() and path.suffix.lower() in JSON_EXT + (".parquet",):
+            rows = tables.parquet_rows(path) if path.suffix.lower() == ".parquet" else json_items(path)
+            first = next((obj for _, obj in rows if not isinstance(obj, Bad)), None)
+            if preference_formats.detect(first) is not None:
+                return "preference"
+        return "sft"
 
     def read(self) -> Iterator[Record | Bad]:
         self.skipped.clear()
@@ -114,6 +132,10 @@ def parse(spec: str) -> Source:
 
 def _dispatch(src: Source) -> Iterator[Record | Bad]:
     fmt, where, opts = src.format, src.location, src.options
+    if fmt == "feedback":
+        return preference_formats.from_store(where, opts)
+    if src.kind == "preference":
+        return _preferences(Path(where).expanduser())
     if fmt == "chatterbot":
         return chatterbot.read(src.skipped, opts.get("lang", "english"))
     if fmt in ("python-stdlib", "python-stdlib-pairs"):
@@ -271,6 +293,14 @@ def _code_filter(opts: dict, default_langs: str | None = None) -> CodeFilter:
     except ValueError:
         raise ConfigError(f"max_kb={opts['max_kb']!r} is not a whole number of kilobytes") from None
     return CodeFilter(langs=frozenset(langs.split("+")) if langs else None, max_kb=max_kb)
+
+
+def _preferences(path: Path) -> Iterator:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (preferences are read from .jsonl/.json or .parquet files)")
+    rows = tables.parquet_rows(path) if path.suffix.lower() == ".parquet" else json_items(path)
+    for line, obj in rows:
+        yield obj if isinstance(obj, Bad) else preference_formats.read(obj, str(path), line)
 
 
 def _pairs(files: Iterator[Record], skipped: Counter) -> Iterator[Record]:

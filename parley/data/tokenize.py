@@ -123,10 +123,7 @@ class Encoder:
                     f"{where}: the chat template does not render this conversation as a prefix of its "
                     f"continuation (it rewrites earlier turns), so the assistant's turns cannot be masked"
                 )
-            reply = whole[len(prompt) :]
-            content = message["content"]
-            if reply.startswith(content):  # layout after the end-of-turn marker is not said by the model
-                reply = content + reply[len(content) :].rstrip()
+            reply = said(whole[len(prompt) :], message["content"])
             pieces += [(prompt[len(done) :], False), (reply, True)]
             done = prompt + reply
         full = self._render(messages, False, where)
@@ -140,6 +137,14 @@ class Encoder:
             return render(self.tokenizer, self.template, messages, add_generation_prompt)
         except Exception as e:  # jinja's TemplateError and the template's own raise_exception()
             raise DataError(f"{where}: the chat template refuses this conversation: {e}") from e
+
+
+def said(continuation: str, content: str) -> str:
+    """What the model says of a reply's rendering: its content and end-of-turn marker, without the
+    layout whitespace the template puts after the marker (context, not said by the model)."""
+    if continuation.startswith(content):
+        return content + continuation[len(content) :].rstrip()
+    return continuation
 
 
 def _join(pieces) -> tuple[list[int], list[int]]:

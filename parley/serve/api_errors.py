@@ -21,7 +21,7 @@ from starlette.routing import Match
 from parley.errors import ContextError, ModelLoadError, ParleyError
 from parley.batching import Busy, ShuttingDown
 from parley.engine import ParamError
-from parley.store import ConversationNotFound
+from parley.store import ConversationNotFound, MessageNotFound
 
 log = logging.getLogger("parley.serve")
 
@@ -51,6 +51,8 @@ def translate(error: BaseException) -> ApiError:
         return ApiError(503, str(error), "server_error", code="shutting_down")
     if isinstance(error, ConversationNotFound):
         return ApiError(404, str(error), code="conversation_not_found")
+    if isinstance(error, MessageNotFound):
+        return ApiError(404, str(error), code="message_not_found")
     if isinstance(error, ContextError):
         return ApiError(400, str(error), param="messages", code="context_length_exceeded")
     if isinstance(error, ModelLoadError):  # a remote backend that failed or went away

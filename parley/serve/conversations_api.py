@@ -6,7 +6,12 @@
     PATCH  /v1/conversations/{cid}             {title?, system?, params?}: rename, change settings
     DELETE /v1/conversations/{cid}
     POST   /v1/conversations/{cid}/messages    {content, params?, stream?}: add a user message, reply
-    POST   /v1/conversations/{cid}/regenerate  {params?, stream?}: replace the last reply
+    POST   /v1/conversations/{cid}/regenerate  {params?, stream?}: a new version of the last reply
+    POST   /v1/conversations/{cid}/messages/{mid}/feedback   {rating: good|bad|null, note?}: thumbs
+    PATCH  /v1/conversations/{cid}/messages/{mid}            {content, note?}: the user's rewrite of a reply
+    GET    /v1/conversations/{cid}/messages/{mid}/versions   every version of a reply, and the one shown
+    POST   /v1/conversations/{cid}/messages/{mid}/versions/{n}  show version n: preferred to the others
+    GET    /v1/conversations/{cid}/feedback                  what was said about its replies
     POST   /plain                              the page's no-script fallback (an HTML form)
 
 `params` are SamplingParams fields (temperature, top_p, top_k, max_new_tokens, seed, json_schema, ...);
@@ -30,6 +35,11 @@ end, Stop before any text) leaves the old one in place.
 or, from browsers that do not send it, Origin must be this server; clients that send neither (curl)
 are not browsers, so are not a cross-site request forgery.
 
+Feedback (session.py, store.py): a reply's `id` is in the conversation's messages; a thumbs rating
+replaces the previous one, an edit becomes the reply's shown version and is preferred to the text it
+replaced, and showing version n of a regenerated reply prefers it to every other version. All of it
+is what `parley data prepare --source feedback` reads.
+
 Limits: no per-user ownership: anyone holding an API key sees every conversation.
 """
 
@@ -37,12 +47,13 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+from typing import Annotated, Literal
 import html
 import logging
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -57,7 +68,11 @@ from parley.serve.streaming import first_event, follow, sse, submit
 router = APIRouter(tags=["conversations"])
 log = logging.getLogger("parley.serve")
 MAX_TEXT = 200_000  # characters in one message or system prompt
+MAX_NOTE = 2_000  # characters in a feedback note
 _PARAMS = TypeAdapter(SamplingParams)  # checks each field's type from the dataclass's own annotations
+
+
+MessageId = Annotated[int, Path(ge=1, le=2**63 - 1, description="A message's id (from the conversation's messages).")]
 
 
 class _Strict(BaseModel):
@@ -83,6 +98,16 @@ class Say(_Strict):
 class Regenerate(_Strict):
     params: dict | None = None
     stream: bool = True
+
+
+class Rating(_Strict):
+    rating: Literal["good", "bad"] | None = Field(description="Thumbs up, thumbs down, or null to withdraw.")
+    note: str | None = Field(None, max_length=MAX_NOTE, description="Why, in the user's words.")
+
+
+class ReplyEdit(_Strict):
+    content: str = Field(min_length=1, max_length=MAX_TEXT, description="The reply as it should have been.")
+    note: str | None = Field(None, max_length=MAX_NOTE)
 
 
 def _store(request: Request):
@@ -135,7 +160,7 @@ def create_conversation(body: NewConversation, request: Request):
 @router.get("/v1/conversations/{cid}")
 def get_conversation(cid: str, request: Request):
     store = _store(request)
-    return {**_json(store.get(cid)), "messages": store.messages(cid)}
+    return {**_json(store.get(cid)), "messages": store.replies(cid)}
 
 
 @router.patch("/v1/conversations/{cid}")
@@ -170,6 +195,53 @@ async def regenerate(cid: str, body: Regenerate, request: Request):
     """Reply again to the last user message (seeded anew unless a seed is set); the new reply replaces
     the old one once stored, or 409 if the conversation changed meanwhile."""
     return await _reply(request, cid, body.params, body.stream, new_message=None)
+
+
+def _session(request: Request, cid: str) -> Session:
+    return Session.from_store(request.app.state.engine, _store(request), cid, SamplingParams())
+
+
+@router.post("/v1/conversations/{cid}/messages/{mid}/feedback")
+def rate_reply(cid: str, mid: MessageId, body: Rating, request: Request):
+    """Thumbs up or down on reply `mid`, with an optional note; a later rating replaces it."""
+    _session(request, cid).rate(None if body.rating is None else body.rating == "good", body.note, reply=mid)
+    return {"id": mid, "rating": body.rating, "note": body.note}
+
+
+@router.patch("/v1/conversations/{cid}/messages/{mid}")
+def edit_reply(cid: str, mid: MessageId, body: ReplyEdit, request: Request):
+    """Rewrite reply `mid`: the rewrite is shown from now on, kept as its newest version, and
+    preferred to the text it replaced."""
+    _session(request, cid).edit(body.content, body.note, reply=mid)
+    return _message(request, cid, mid)
+
+
+@router.get("/v1/conversations/{cid}/messages/{mid}/versions")
+def reply_versions(cid: str, mid: MessageId, request: Request):
+    return _versions(request, cid, mid)
+
+
+@router.post("/v1/conversations/{cid}/messages/{mid}/versions/{number}")
+def pick_version(cid: str, mid: MessageId, number: Annotated[int, Path(ge=1, le=10_000)], request: Request):
+    """Show version `number` (1-based) of reply `mid`: it is preferred to each other version."""
+    _session(request, cid).pick(number, reply=mid)
+    return _versions(request, cid, mid)
+
+
+@router.get("/v1/conversations/{cid}/feedback")
+def conversation_feedback(cid: str, request: Request):
+    store = _store(request)
+    store.get(cid)
+    return {"object": "list", "data": [dataclasses.asdict(f) for f in store.feedback(conversation_id=cid)]}
+
+
+def _message(request: Request, cid: str, mid: int) -> dict:
+    return next(m for m in _store(request).replies(cid) if m["id"] == mid)
+
+
+def _versions(request: Request, cid: str, mid: int) -> dict:
+    texts = _store(request).versions(cid, mid)
+    return {"id": mid, "version": _message(request, cid, mid).get("version", 1), "data": texts}
 
 
 async def _reply(request: Request, cid: str, given: dict | None, streaming: bool, new_message: str | None):

@@ -181,8 +181,40 @@ class Conversation(BaseModel):
 
 
 class StoredMessage(BaseModel):
+    id: int = Field(description="The message's id in the store: what feedback, edits and picks name.")
     role: str
     content: str
+    version: int | None = Field(None, description="A reply with several versions: which is shown (1-based).")
+    versions: int | None = Field(None, description="A reply with several versions: how many it has.")
+
+
+class FeedbackItem(BaseModel):
+    id: int
+    message_id: int | None
+    kind: Literal["good", "bad", "edit", "pick"]
+    context: list[dict] = Field(description="The messages the reply answered, system prompt first.")
+    chosen: str | None = Field(description="The better reply (a thumbs up's, an edit, a picked version).")
+    rejected: str | None = Field(description="The worse reply (a thumbs down's, the edited original, a version not picked).")
+    note: str | None
+    model: str
+    created_at: float
+
+
+class FeedbackList(BaseModel):
+    object: Literal["list"]
+    data: list[FeedbackItem]
+
+
+class Rated(BaseModel):
+    id: int
+    rating: Literal["good", "bad"] | None
+    note: str | None
+
+
+class ReplyVersions(BaseModel):
+    id: int
+    version: int = Field(description="The version shown (1-based).")
+    data: list[str] = Field(description="Every version, oldest first.")
 
 
 class ConversationWithMessages(Conversation):
@@ -216,7 +248,7 @@ class Health(BaseModel):
 # The errors each route can answer with, beyond the middleware's 401 and 413.
 ERRORS = {
     400: "The request is malformed or asks for something unsupported; `param` names the field.",
-    404: "No such model or conversation.",
+    404: "No such model, conversation, or reply in it.",
     409: "The conversation changed while the reply was written (another client): nothing was stored.",
     429: "The queue is full: retry after Retry-After seconds.",
     502: "The remote model service failed (a server proxying openai:NAME).",
@@ -258,6 +290,11 @@ ROUTES: dict[tuple[str, str], Answers] = {
     ("delete", "/v1/conversations/{cid}"): Answers(Deleted, (404,)),
     ("post", "/v1/conversations/{cid}/messages"): Answers(Reply, GENERATE + (409,), stream=REPLY_STREAM),
     ("post", "/v1/conversations/{cid}/regenerate"): Answers(Reply, GENERATE + (409,), stream=REPLY_STREAM),
+    ("post", "/v1/conversations/{cid}/messages/{mid}/feedback"): Answers(Rated, (400, 404)),
+    ("patch", "/v1/conversations/{cid}/messages/{mid}"): Answers(StoredMessage, (400, 404)),
+    ("get", "/v1/conversations/{cid}/messages/{mid}/versions"): Answers(ReplyVersions, (400, 404)),
+    ("post", "/v1/conversations/{cid}/messages/{mid}/versions/{number}"): Answers(ReplyVersions, (400, 404)),
+    ("get", "/v1/conversations/{cid}/feedback"): Answers(FeedbackList, (404,)),
     ("get", "/health"): Answers(Health),
     ("get", "/metrics"): Answers(None),
 }
