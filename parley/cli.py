@@ -382,6 +382,8 @@ def train(
         final = start(load_config(config, set_))
     if os.environ.get("RANK", "0") == "0":  # under accelerate launch / torchrun: once, not once per process
         print(final)
+        print(f"next: parley chat --model {final}   (or parley serve --model {final}; "
+              f"parley export {final.parent} --format gguf --out model.gguf)", file=sys.stderr)
 
 
 @app.command()

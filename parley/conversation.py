@@ -3,9 +3,9 @@
 One rule, used by the chat, the server and data preparation alike:
 - leading system messages always stay;
 - the oldest whole turns go first (a turn is a user message and the replies that follow it);
-- a turn is never cut in half, except when the newest turn alone is over budget: then its first
-  message is truncated from its start (the end of a long paste is usually the question) and the
-  result says so.
+- a turn is never cut in half, except when the newest turn alone is over budget: then the middle of
+  its first message is cut out, and a marker put in its place (its start usually holds the
+  instruction, "Summarize this:", and its end the question), and the result says so.
 
 Token counts are exact: every candidate is rendered with the chat template and tokenized, since
 templates add tokens around each message that a per-message count would miss. The number of turns
@@ -28,7 +28,7 @@ class Fitted:
     messages: list[dict]  # what goes to the model
     tokens: int  # their exact length, rendered
     dropped: list[dict] = field(default_factory=list)  # whole messages left out, oldest first
-    truncated_tokens: int = 0  # tokens cut from the start of an over-long turn
+    truncated_tokens: int = 0  # tokens cut from the middle of an over-long turn
 
     @property
     def notice(self) -> str | None:
@@ -38,7 +38,7 @@ class Fitted:
             turns = sum(1 for m in self.dropped if m["role"] == "user") or 1
             parts.append(f"dropped the {turns} oldest turn{'s' * (turns > 1)} ({len(self.dropped)} messages)")
         if self.truncated_tokens:
-            parts.append(f"cut {self.truncated_tokens} tokens from the start of the last message")
+            parts.append(f"cut {self.truncated_tokens} tokens from the middle of the last message")
         return ("context full: " + "; ".join(parts)) if parts else None
 
 
@@ -97,9 +97,9 @@ def fit_messages(
     turn = [dict(m) for m in turns[0]]
     ids = tokenizer(turn[0]["content"], add_special_tokens=False)["input_ids"]
     cut = 0
-    while tokens > budget:  # re-render after each cut: token boundaries can shift at the seam
+    while tokens > budget:  # re-render after each cut: token boundaries can shift at the seams
         cut = min(len(ids), cut + tokens - budget)
-        turn[0]["content"] = tokenizer.decode(ids[cut:])
+        turn[0]["content"] = _without_middle(tokenizer, ids, cut)
         tokens = count(system + turn)
         if cut == len(ids) and tokens > budget:
             raise ContextError(
@@ -107,6 +107,19 @@ def fit_messages(
                 "shorten it or lower max_new_tokens"
             )
     return Fitted(system + turn, tokens, dropped, truncated_tokens=cut)
+
+
+CUT_MARK = "\n[… {} tokens cut …]\n"  # where the middle of an over-long message was
+
+
+def _without_middle(tokenizer, ids: list[int], cut: int) -> str:
+    """The text of `ids` with `cut` tokens taken from its middle and a marker saying so in their place
+    (the marker's own tokens are counted by the caller's re-render); everything cut: empty."""
+    if cut >= len(ids):
+        return ""
+    head = (len(ids) - cut) // 2
+    tail = len(ids) - cut - head
+    return tokenizer.decode(ids[:head]) + CUT_MARK.format(cut) + tokenizer.decode(ids[len(ids) - tail:])
 
 
 def _split(messages: list[dict]) -> tuple[list[dict], list[list[dict]]]:

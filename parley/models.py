@@ -2,6 +2,7 @@
 
     load("smollm2")              the embedded SmolLM2-135M-Instruct (default; cached under $PARLEY_HOME)
     load("runs/x/final")         a local save_pretrained directory: a full model or a LoRA adapter
+    load("runs/x")               a training run's directory: its final/ model (as `parley export` takes it)
     load("gpt2")                 a hub id, from the local Hugging Face cache or, when online, the hub
 
 Local weights only: a remote service (`openai:NAME`) is backend.open's business, not a Loaded.
@@ -22,6 +23,7 @@ from parley import embedded
 from parley.errors import ConfigError, ModelLoadError
 from parley.templates import extra_stops, template_for
 
+FINAL = "final"  # a training run's finished model, inside RUN_DIR (train/loop.py writes it)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -60,15 +62,23 @@ def load(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto") -
         if not path.exists() and (spec.startswith((".", "/", "~")) or os.sep + os.sep in spec):
             raise ModelLoadError(f"model directory {spec} does not exist")
     if path.is_dir():
-        return _load_dir(spec, path, torch_device, torch_dtype)
+        return _load_dir(spec, model_dir(path), torch_device, torch_dtype)
     if path.exists():
         raise ModelLoadError(f"{spec} is a file; --model takes a model directory, a hub id or '{embedded.NAME}'")
     return _load_hub(spec, torch_device, torch_dtype)
 
 
+def model_dir(path: Path) -> Path:
+    """Where the model of directory `path` is: a run directory's final/, else `path` itself."""
+    return path / FINAL if (path / FINAL).is_dir() else path
+
+
 def _load_dir(spec: str, path: Path, device, dtype) -> Loaded:
     if (path / "adapter_config.json").is_file():
         return _load_adapter(spec, path, device, dtype)
+    if (path / "checkpoints").is_dir():  # a run's own config.json is not a model's
+        raise ModelLoadError(f"{path} is a training run without a final/ model yet: let it finish, or continue "
+                             f"it with `parley train --resume {path}`")
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} is not a model directory: it has no config.json or adapter_config.json")
     try:

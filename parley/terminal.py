@@ -7,7 +7,15 @@
 The conversation itself (history, fit to the context window, stored turns) is a `session.Session`,
 the same one the server's conversations API uses; this module only draws it. Every turn is written
 to the SQLite store as it happens, so a crash loses at most the reply in progress. Ctrl-C stops the
-reply being written (the partial reply is kept) and never the session; Ctrl-D or /quit leaves.
+reply being written (the partial reply is kept) and never the session; Ctrl-D or /quit leaves and
+says how to come back (`--resume ID`); a resumed conversation shows its latest turns first.
+
+While a reply is on its way a spinner shows, from Enter to the first token (a long paste can take a
+while to read), and the keyboard's echo is off: keys typed meanwhile wait for the next prompt instead
+of landing in the middle of the reply and shifting the redrawn lines. Code blocks are drawn without
+a margin, so code copied with the mouse has no extra leading space; `/run` runs the Python blocks of
+the latest reply with code, in order (or `/run N`, one), and `/copy [N] [FILE]` puts a block on the
+clipboard (OSC 52: most terminals, over ssh too; tmux needs `set -g set-clipboard on`) or in a file.
 
 Text that is not ours (replies, program output, file names, titles, parameters, errors) is printed
 as plain text, never as Rich markup, and without escape sequences or control characters (`plain`,
@@ -18,21 +26,26 @@ chunks loses its control characters (it is inert) but its printable rest may sho
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
-from rich.markdown import Markdown
+from rich.markdown import CodeBlock, Markdown
+from rich.spinner import Spinner
+from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
 from parley import backend
+from parley.code_blocks import Block, last_blocks
 from parley.engine import Engine, SamplingParams
 from parley.errors import ConfigError, ParleyError
 from parley.files import write_atomic
@@ -41,19 +54,40 @@ from parley.session import Session
 from parley.store import Store
 
 CODE_THEME = "monokai"
-CODE_BLOCK = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)```", re.S)
-HELP = """\
-[bold]Commands[/bold]
-  /help               this help
-  /reset              start a new conversation (the old one stays in `parley history`)
-  /system TEXT        set the system prompt (empty TEXT clears it)
-  /params [k=v ...]   show or set sampling parameters, e.g. /params temperature=0.2 max_new_tokens=256
-  /save FILE          write this conversation to a JSON file
-  /load FILE          continue a conversation saved with /save (or a JSON list of messages)
-  /history            this conversation's turns, with their token counts and what no longer fits
-  /run                run the last Python code block of the assistant's replies in the sandbox
-  /quit               leave (Ctrl-D works too)
-[bold]Keys[/bold]  Enter sends · Esc then Enter (or Alt+Enter) adds a line · Ctrl-C stops a reply"""
+SHOWN_ON_RESUME = 6  # messages a resumed conversation shows before the prompt (`/history` lists all)
+# The help, as (text, style) lines: our own text, so no Rich markup to misread "[k=v ...]" as a tag.
+HELP = [
+    ("Commands", "bold"),
+    ("  /help               this help", ""),
+    ("  /reset              start a new conversation (the old one stays in `parley history`)", ""),
+    ("  /system [TEXT]      show the system prompt, or set it to TEXT; /system --clear removes it", ""),
+    ("  /params [k=v ...]   show or set sampling parameters, e.g. /params temperature=0.2 max_new_tokens=256", ""),
+    ("  /save FILE          write this conversation to a JSON file", ""),
+    ("  /load FILE          continue a conversation saved with /save (or a JSON list of messages)", ""),
+    ("  /history            this conversation's turns, with their token counts and what no longer fits", ""),
+    ("  /run [N]            run the latest reply's Python code blocks in order (or block N) in the sandbox", ""),
+    ("  /copy [N] [FILE]    copy the latest reply's code block N (default: the last) to the clipboard, or to FILE", ""),
+    ("  /quit               leave (Ctrl-D works too)", ""),
+    ("Keys", "bold"),
+    ("  Enter sends · Esc then Enter (or Alt+Enter) adds a line · Ctrl-C stops a reply", ""),
+]
+
+
+class FlushCode(CodeBlock):
+    """Rich's code block without its one-column margin, so code copied with the mouse has no extra
+    leading space on each line."""
+
+    def __rich_console__(self, console, options):
+        yield Syntax(str(self.text).rstrip(), self.lexer_name, theme=self.theme, word_wrap=True, padding=0)
+
+
+class ReplyMarkdown(Markdown):
+    elements = {**Markdown.elements, "fence": FlushCode, "code_block": FlushCode}
+
+
+def markdown(text: str) -> ReplyMarkdown:
+    """Untrusted Markdown (a reply, a stored message) as the chat draws it: printable, code flush left."""
+    return ReplyMarkdown(printable(text), code_theme=CODE_THEME)
 
 
 @dataclass
@@ -120,6 +154,33 @@ def _interactive(session: Session, console: Console) -> None:
     console.print(Text.assemble(
         ("parley", "bold"), plain(f" · {session.engine.spec} · {session.engine.context_window}-token context"
                                   f"{resumed} · /help for commands"), style="dim"))
+    if session.messages:
+        _show_recent(session, console)
+    try:
+        _prompt_loop(session, console, prompt)
+    finally:
+        if session.id:
+            console.print(plain(f"conversation {session.id} is stored: continue it with "
+                                f"`parley chat --resume {session.id}`", "dim"))
+
+
+def _show_recent(session: Session, console: Console) -> None:
+    """The latest turns of a resumed conversation, so the user sees where it stands."""
+    earlier = len(session.messages) - SHOWN_ON_RESUME
+    if earlier > 0:
+        console.print(plain(f"… {earlier} earlier messages (/history lists them)", "dim"))
+    if session.system:
+        console.print(plain(f"system: {session.system}", "dim"))
+    print_messages(console, session.messages[max(0, earlier):])
+
+
+def print_messages(console: Console, messages: list[dict]) -> None:
+    for m in messages:
+        console.print(Text(f"{m['role']}>", style="bold"))
+        console.print(markdown(m["content"]))
+
+
+def _prompt_loop(session: Session, console: Console, prompt) -> None:
     while True:
         try:
             text = prompt.prompt("you> ", multiline=False, key_bindings=_newline_keys())
@@ -141,28 +202,62 @@ def _interactive(session: Session, console: Console) -> None:
 
 
 def _reply(session: Session, console: Console, text: str) -> None:
-    fitted = session.fit(session.turn(text))
-    session.commit(text)
-    if fitted.notice:
-        console.print(plain(fitted.notice, "yellow"))
-    reply, stopped = "", False
-    stream = session.engine.stream(fitted.messages, session.params)
-    with Live(console=console, auto_refresh=False, vertical_overflow="visible") as live:
-        last_draw = 0.0
+    reply, stopped, stream = "", False, None
+    thinking = Spinner("dots", Text("thinking…", style="dim"))
+    # Drawn by Live's own thread ten times a second: the spinner turns from Enter on, and a fast
+    # stream costs one Markdown render per frame, not one per token.
+    with _typing_held(), Live(thinking, console=console, refresh_per_second=10, vertical_overflow="visible") as live:
         try:
+            fitted = session.fit(session.turn(text))
+            session.commit(text)
+            if fitted.notice:
+                console.print(plain(fitted.notice, "yellow"))
+            stream = session.engine.stream(fitted.messages, session.params)
             for token in stream:
                 reply += token.text
-                if time.monotonic() - last_draw > 0.05:
-                    live.update(Markdown(printable(reply), code_theme=CODE_THEME), refresh=True)
-                    last_draw = time.monotonic()
+                live.update(markdown(reply))
         except KeyboardInterrupt:
             stopped = True
-            stream.close()
-        live.update(Markdown(printable(reply), code_theme=CODE_THEME), refresh=True)
+            if stream is not None:
+                stream.close()
+        live.update(markdown(reply) if reply else Text(""), refresh=True)
     if stopped:
-        console.print("[dim](stopped)[/dim]")
+        console.print(plain("(stopped)", "dim"))
     if reply:
         session.add("assistant", reply, **({"stopped": True} if stopped else {}))
+        _mention_code(console, reply)
+
+
+@contextmanager
+def _typing_held() -> Iterator[None]:
+    """The terminal's echo off while a reply streams: typed keys (and Ctrl-C's "^C") would otherwise be
+    drawn inside the reply and shift the lines Live redraws, so the last line showed twice. What is
+    typed stays in the terminal's buffer for the next prompt; Ctrl-C still interrupts."""
+    try:
+        import termios
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+    except (ImportError, OSError, ValueError):  # not a terminal (or not POSIX): nothing is echoed
+        yield
+        return
+    quiet = termios.tcgetattr(fd)
+    quiet[3] &= ~(termios.ECHO | termios.ECHOCTL)
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
+def _mention_code(console: Console, reply: str) -> None:
+    """Under a reply with code: how to run or copy it."""
+    from parley.code_blocks import code_blocks
+
+    blocks = code_blocks(reply)
+    if blocks:
+        listed = ", ".join(f"{i} {b.language or 'code'}" for i, b in enumerate(blocks, 1))
+        console.print(plain(f"code blocks: {listed} · /run [N] runs them · /copy [N] copies one", "dim"))
 
 
 def _command(session: Session, console: Console, line: str) -> str | None:
@@ -171,13 +266,12 @@ def _command(session: Session, console: Console, line: str) -> str | None:
     if name in ("/quit", "/exit"):
         return "quit"
     if name == "/help":
-        console.print(HELP)
+        console.print(Text("\n").join(Text(line, style=style) for line, style in HELP))
     elif name == "/reset":
         session.reset()
         console.print("[dim]new conversation[/dim]")
     elif name == "/system":
-        session.set_system(arg)
-        console.print(f"[dim]system prompt {'set' if arg else 'cleared'}[/dim]")
+        _system(session, console, arg)
     elif name == "/params":
         if arg:
             session.set_params(**_parse_assignments(arg))
@@ -190,7 +284,9 @@ def _command(session: Session, console: Console, line: str) -> str | None:
     elif name == "/history":
         _show_turns(session, console)
     elif name == "/run":
-        _run_last_code(session, console)
+        _run_code(session, console, arg)
+    elif name == "/copy":
+        _copy_code(session, console, arg)
     else:
         raise ConfigError(f"unknown command {name}: /help lists the commands")
     return None
@@ -239,34 +335,75 @@ def _load(session: Session, path: str) -> None:
     session.load(messages, system)
 
 
-def last_python_block(messages: list[dict]) -> str | None:
-    """The last fenced code block in the assistant's replies, if it is Python (or unlabelled)."""
-    for message in reversed(messages):
-        if message["role"] != "assistant":
-            continue
-        blocks = CODE_BLOCK.findall(message["content"])
-        if blocks:
-            language, code = blocks[-1]
-            if language.lower() not in ("", "python", "py", "python3"):
-                raise ConfigError(f"/run runs Python; the last code block is {language}")
-            return code
-    return None
+def _system(session: Session, console: Console, arg: str) -> None:
+    """/system shows the prompt; /system TEXT sets it; /system --clear removes it (never by accident)."""
+    if arg == "--clear":
+        session.set_system(None)
+        console.print(plain("system prompt cleared", "dim"))
+    elif arg:
+        session.set_system(arg)
+        console.print(plain("system prompt set", "dim"))
+    elif session.system:
+        console.print(Text.assemble(("system prompt: ", "dim"), plain(session.system)))
+    else:
+        console.print(plain("no system prompt: set one with /system TEXT", "dim"))
 
 
-def _run_last_code(session: Session, console: Console) -> None:
+def chosen_blocks(messages: list[dict], arg: str, command: str) -> tuple[list[Block], int | None]:
+    """The latest reply's code blocks and the number `arg` names (None: none named), checked."""
+    blocks = last_blocks(messages)
+    if not blocks:
+        raise ConfigError(f"{command} found no code block in the assistant's replies")
+    if not arg:
+        return blocks, None
+    if not arg.isdigit() or not 1 <= int(arg) <= len(blocks):
+        raise ConfigError(f"{command} takes a block number from 1 to {len(blocks)}, got {arg!r}")
+    return blocks, int(arg)
+
+
+def _run_code(session: Session, console: Console, arg: str) -> None:
+    """/run: the latest reply's Python blocks joined in order (a function, then its use), or block N."""
     from rich.panel import Panel
 
     from parley.eval.sandbox import run_python
 
-    code = last_python_block(session.messages)
-    if code is None:
-        raise ConfigError("/run found no code block in the assistant's replies")
+    blocks, number = chosen_blocks(session.messages, arg, "/run")
+    chosen = [blocks[number - 1]] if number else [b for b in blocks if b.python]
+    if not chosen:
+        raise ConfigError("/run runs Python; the latest reply's code blocks are "
+                          + ", ".join(sorted({b.language for b in blocks})))
+    if not chosen[0].python:
+        raise ConfigError(f"/run runs Python; block {number} is {chosen[0].language}")
     with console.status("running in the sandbox…"):
-        result = run_python(code, timeout=10, memory_mb=1024)
+        result = run_python("\n".join(b.code for b in chosen), timeout=10, memory_mb=1024)
     style = {"passed": "green", "timed_out": "yellow"}.get(result.status, "red")
     output = (result.stdout + result.stderr).rstrip() or "(no output)"
-    title = f"{result.status} in {result.seconds:.1f}s" + (f" · {result.message}" if result.message else "")
+    ran = f"block {number}" if number else f"{len(chosen)} block{'s' * (len(chosen) > 1)}"
+    title = f"{ran}: {result.status} in {result.seconds:.1f}s" + (f" · {result.message}" if result.message else "")
     console.print(Panel(plain(output), title=plain(title), border_style=style, title_align="left"))
+
+
+def _copy_code(session: Session, console: Console, arg: str) -> None:
+    """/copy [N] [FILE]: block N (default the last) to FILE, or to the clipboard by OSC 52."""
+    number, _, path = arg.partition(" ")
+    if number and not number.isdigit():  # /copy FILE
+        number, path = "", arg
+    blocks, chosen = chosen_blocks(session.messages, number, "/copy")
+    chosen = chosen or len(blocks)
+    code = blocks[chosen - 1].code
+    if path.strip():
+        target = Path(path.strip()).expanduser()
+        try:
+            write_atomic(target, code)
+        except OSError as e:
+            raise ConfigError(f"cannot write {target}: {e.strerror}") from None
+        console.print(plain(f"block {chosen} written to {target}", "dim"))
+        return
+    # OSC 52 asks the terminal itself to set the clipboard: it works over ssh, with no helper program.
+    console.file.write(f"\x1b]52;c;{base64.b64encode(code.encode()).decode()}\x07")
+    console.file.flush()
+    console.print(plain(f"block {chosen} copied ({len(code.splitlines())} lines; if your terminal ignores "
+                        f"clipboard requests: /copy {chosen} FILE)", "dim"))
 
 
 def _show_turns(session: Session, console: Console) -> None:
@@ -329,6 +466,4 @@ def show_conversation(prefix: str) -> None:
                   style="dim")
     if conversation.system:
         console.print(plain(f"system: {conversation.system}", "dim"))
-    for m in store.messages(cid):
-        console.print(Text(f"{m['role']}>", style="bold"))
-        console.print(Markdown(printable(m["content"]), code_theme=CODE_THEME))
+    print_messages(console, store.messages(cid))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import re
@@ -133,13 +135,15 @@ def test_unwritable_home_is_one_line(tmp_path, tiny_dir):
 
 def test_slash_commands_and_errors_keep_the_session(tmp_path, tiny_dir):
     child = spawn("chat", "--model", tiny_dir, "--temperature", "0", "--max-new-tokens", "6")
-    assert "/params" in say(child, "/help")
+    assert "/params [k=v ...]" in say(child, "/help")  # our own brackets, not read as Rich markup
     assert "unknown command /bogus" in say(child, "/bogus")
     assert "not a valid float" in say(child, "/params temperature=warm")
     assert "seed=1180591620717411303424 is out of range" in say(child, "/params seed=1180591620717411303424")
     assert "temperature=0.0" in say(child, "/params")
     assert "max_new_tokens=5" in say(child, "/params max_new_tokens=5")
+    assert "no system prompt" in say(child, "/system")
     say(child, "/system You are a pirate.")
+    assert "You are a pirate." in say(child, "/system")  # no argument shows it, never clears it
     say(child, "first question")
     say(child, "second question")
     table = say(child, "/history")
@@ -165,8 +169,48 @@ def test_slash_commands_and_errors_keep_the_session(tmp_path, tiny_dir):
     say(child, f"/load {code_chat}")
     ran = say(child, "/run")
     assert "passed" in ran and "42 /sandbox" in ran  # it ran inside the sandbox's own directory
+    assert "system prompt cleared" in say(child, "/system --clear")
+    assert "no system prompt" in say(child, "/system")
     child.sendline("/quit")
     child.expect(pexpect.EOF)
+    assert "continue it with `parley chat --resume " in ANSI.sub("", child.before)
+
+
+# A reply whose second block uses the first's function, as models write them, then a shell block.
+TWO_BLOCKS = ("Define it:\n```python\ndef add(a, b):\n    return a + b\n```\nThen:\n```python\n"
+              "print(add(40, 2))\n```\nOr from a shell:\n```bash\necho hi\n```\n")
+
+
+def test_run_and_copy_take_every_block_of_the_reply(tmp_path, tiny_dir):
+    chat = tmp_path / "blocks.json"
+    chat.write_text(json.dumps([{"role": "user", "content": "add?"}, {"role": "assistant", "content": TWO_BLOCKS}]))
+    child = spawn("chat", "--model", tiny_dir)
+    say(child, f"/load {chat}")
+    ran = say(child, "/run")
+    assert "2 blocks: passed" in ran and "42" in ran  # both Python blocks, in order: no NameError
+    assert "NameError" in say(child, "/run 2")  # one block alone
+    assert "block 3 is bash" in say(child, "/run 3")
+    assert "a block number from 1 to 3, got '9'" in say(child, "/run 9")
+
+    copied = say(child, "/copy 1")
+    payload = base64.b64encode(b"def add(a, b):\n    return a + b\n").decode()
+    assert f"\x1b]52;c;{payload}\x07" in child.before and "block 1 copied" in copied  # OSC 52: the clipboard
+    target = tmp_path / "add.py"
+    assert f"block 2 written to {target}" in say(child, f"/copy 2 {target}")
+    assert target.read_text() == "print(add(40, 2))\n"
+    assert "block 3 written" in say(child, f"/copy {tmp_path / 'last.sh'}")  # the last block by default
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    quit_line = ANSI.sub("", child.before)
+    cid = re.search(r"parley chat --resume ([0-9a-f]+)", quit_line).group(1)
+
+    # Resumed: the earlier turns are shown, their code flush left (no margin gets copied with the mouse).
+    resumed = spawn("chat", "--model", tiny_dir, "--resume", cid)
+    shown = ANSI.sub("", resumed.before)
+    assert "add?" in shown and "Define it:" in shown
+    assert re.search(r"^def add\(a, b\):", shown, re.M) and re.search(r"^    return a \+ b", shown, re.M)
+    resumed.sendline("/quit")
+    resumed.expect(pexpect.EOF)
 
 
 @pytest.mark.slow
@@ -237,14 +281,19 @@ def scripted_service(reply: str, refusal: str):
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        if "refuse" in (await request.json())["messages"][-1]["content"]:
+        question = (await request.json())["messages"][-1]["content"]
+        if "refuse" in question:
             return JSONResponse({"error": {"message": refusal, "type": "invalid_request_error"}}, status_code=400)
+        slow = "slowly" in question  # a reply that takes long enough to type over and interrupt
+        text = "Counting:" + " tick" * 300 if slow else reply
 
-        def events():
-            for i in range(0, len(reply), 3):
-                delta = {"index": 0, "delta": {"content": reply[i:i + 3]}, "finish_reason": None}
+        async def events():
+            for i in range(0, len(text), 3):
+                delta = {"index": 0, "delta": {"content": text[i:i + 3]}, "finish_reason": None}
                 chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "scripted", "choices": [delta]}
                 yield f"data: {json.dumps(chunk)}\n\n"
+                if slow:
+                    await asyncio.sleep(0.1)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -290,7 +339,8 @@ def test_chat_prints_untrusted_text_as_plain_text(scripted, tmp_path):
     # The program writes the escapes; its source (shown by `parley history ID`) holds them as hex.
     code = f'print("{MARKUP}")\nprint(bytes.fromhex("{ESCAPES.encode().hex()}").decode())\nraise ValueError("[/] boom")'
     chat = tmp_path / "chat [bold]x[red].json"  # a file name with markup
-    chat.write_text(json.dumps([{"role": "user", "content": title},
+    chat.write_text(json.dumps([{"role": "system", "content": f"Sys {MARKUP}{ESCAPES}"},
+                                {"role": "user", "content": title},
                                 {"role": "assistant", "content": f"Run:\n```python\n{code}\n```\n"}]))
     assert f"loaded 2 messages from {chat}" in say(child, f"/load {chat}")
     table = say(child, "/history")
@@ -300,8 +350,16 @@ def test_chat_prints_untrusted_text_as_plain_text(scripted, tmp_path):
     assert MARKUP in ran and "[/] boom" in ran
     assert_plain(child.before)
     assert f"saved to {tmp_path / '[x].json'}" in say(child, f"/save {tmp_path / '[x].json'}")
+    assert f"system prompt: Sys {MARKUP}" in say(child, "/system")
+    assert_plain(child.before)
     child.sendline("/quit")
     child.expect(pexpect.EOF)
+    cid = re.search(r"parley chat --resume ([0-9a-f]+)", ANSI.sub("", child.before)).group(1)
+    resumed = spawn("chat", *scripted, "--resume", cid)  # the earlier turns, shown as plain text
+    assert f"Title {MARKUP}" in resumed.before and f"system: Sys {MARKUP}" in ANSI.sub("", resumed.before)
+    assert_plain(resumed.before)
+    resumed.sendline("/quit")
+    resumed.expect(pexpect.EOF)
 
     wide = dict(os.environ, COLUMNS="200")  # the table's title column whole, on one line
     listing = run("history", env=wide)
@@ -313,3 +371,19 @@ def test_chat_prints_untrusted_text_as_plain_text(scripted, tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert f"Title {MARKUP}" in shown.stdout and "[/] boom" in shown.stdout
     assert_plain(shown.stdout)
+
+
+def test_a_streaming_reply_shows_life_and_keeps_typed_keys_out(scripted):
+    child = spawn("chat", *scripted)
+    child.sendline("answer slowly")
+    child.expect_exact("thinking")  # a spinner from Enter on, before any token
+    child.expect_exact("tick tick")
+    child.send("typed meanwhile")  # keys typed during the reply are not drawn into it
+    child.sendcontrol("c")
+    child.expect_exact("(stopped)")
+    during = child.before
+    child.expect(PROMPT)
+    assert "typed meanwhile" not in during and "^C" not in during, during[-300:]
+    assert "Counting:" in say(child, "/history")  # the partial reply is kept
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)

@@ -63,17 +63,19 @@ def test_system_stays_and_turns_are_never_split(embedded_tokenizer, template):
             assert fitted.messages[1:] == messages[len(messages) - len(fitted.messages) + 1 :]
 
 
-def test_single_oversized_turn_is_cut_from_its_start(embedded_tokenizer, template):
-    long = " ".join(f"w{i}" for i in range(400)) + " FINAL QUESTION?"
+def test_single_oversized_turn_keeps_its_start_and_end_and_cuts_its_middle(embedded_tokenizer, template):
+    long = "Summarize this: " + " ".join(f"w{i}" for i in range(400)) + " FINAL QUESTION?"
     messages = [SYSTEM, {"role": "user", "content": "old"}, {"role": "assistant", "content": "reply"},
                 {"role": "user", "content": long}]
     fitted = fit_messages(messages, embedded_tokenizer, template, budget=120)
     assert fitted.tokens <= 120
     assert fitted.messages[0] == SYSTEM
-    assert fitted.messages[-1]["content"].endswith("FINAL QUESTION?")
-    assert len(fitted.messages[-1]["content"]) < len(long)
+    kept = fitted.messages[-1]["content"]
+    assert kept.startswith("Summarize this: w0 w1") and kept.endswith("w399 FINAL QUESTION?")  # the instruction stays
+    assert f"[… {fitted.truncated_tokens} tokens cut …]" in kept and "w200 " not in kept
     assert fitted.truncated_tokens > 0
-    assert "cut" in fitted.notice and "dropped" in fitted.notice
+    assert f"cut {fitted.truncated_tokens} tokens from the middle of the last message" in fitted.notice
+    assert "dropped" in fitted.notice
 
 
 def test_system_prompt_alone_over_budget_is_an_error(embedded_tokenizer, template):

@@ -29,6 +29,20 @@ def test_local_directory_round_trip(tmp_path, embedded_tokenizer):
         assert torch.equal(loaded.model(ids).logits, model(ids).logits)
 
 
+def test_a_run_directory_loads_its_final_model(tmp_path, embedded_tokenizer, monkeypatch):
+    run = tmp_path / "runs" / "x"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text('{"model": "smollm2", "max_steps": 5}')  # the run's config, not a model's
+    with pytest.raises(ModelLoadError, match=r"training run without a final/ model yet: .*parley train --resume"):
+        models.load(str(run))
+    tiny_llama(embedded_tokenizer).save_pretrained(run / "final")
+    embedded_tokenizer.save_pretrained(run / "final")
+    monkeypatch.chdir(tmp_path / "runs")  # a relative RUN_DIR, as typed after `parley train` printed it
+    loaded = models.load("x")
+    assert loaded.path == str(run / "final") or os.path.samefile(loaded.path, run / "final")
+    assert loaded.context_window == 256
+
+
 def test_model_without_template_gets_the_documented_default(tmp_path, embedded_tokenizer):
     tokenizer = copy.deepcopy(embedded_tokenizer)
     tokenizer.chat_template = None

@@ -33,6 +33,7 @@ cleaning rules of `Source.cleaner` when one is set (`parley data prepare` sets o
 from __future__ import annotations
 
 import itertools
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -128,6 +129,20 @@ def parse(spec: str) -> Source:
     if colon and fmt.isidentifier() and not Path(head).exists() and "/" not in fmt:
         raise ConfigError(f"--source {spec}: unknown format {fmt!r}; use one of {', '.join(FORMATS)}, or a built-in: {', '.join(BUILTINS)}")
     return Source(spec, None, head, options)
+
+
+def anchored(spec: str, base: Path) -> str:
+    """`spec` with a relative file or directory location made relative to `base` (a config file's
+    folder), so a config means the same files from any working directory; built-ins, hub sets and
+    URLs are left as they are."""
+    source = parse(spec)
+    if source.format in BUILTINS or source.format == "hf" or code_files.is_url(source.location):
+        return spec
+    location = Path(source.location).expanduser()
+    if not source.location or location.is_absolute():
+        return spec
+    head = f"{source.format}:" if spec.startswith(f"{source.format}:") else ""
+    return head + os.path.normpath(base / location) + spec[len(head) + len(source.location):]
 
 
 def _dispatch(src: Source) -> Iterator[Record | Bad]:

@@ -1,6 +1,9 @@
 """`parley serve`: an OpenAI-compatible API and a web chat page over one model, for many users at once.
 
     parley serve --model smollm2                      # http://127.0.0.1:8000/ (page), /v1 (API), /docs
+
+The port is taken before the model loads (a busy one is a one-line error at once); once the server
+answers, one line says where the page and the API are.
     parley serve --model runs/x/final --host 0.0.0.0 --api-key "$KEY"
     parley serve --model openai:NAME --base-url http://gpu-box:8000/v1   # proxy a remote service
 
@@ -37,6 +40,7 @@ Limits: one model per server; API keys are all-or-nothing (no per-key quotas or 
 
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import logging
@@ -285,8 +289,14 @@ def run(options: ServeOptions) -> None:
 
     from parley import backend
 
+    # The port first: a busy one is a one-line error in a moment, not after seconds of loading.
+    sock = listening_socket(options.host, options.port)
     # Opened here, not in the lifespan, so a bad --model is one line from the CLI, not a traceback.
-    engine = backend.open(options.model, options.device, options.dtype, options.base_url, options.compile)
+    try:
+        engine = backend.open(options.model, options.device, options.dtype, options.base_url, options.compile)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(options, engine)
 
     class DrainingServer(uvicorn.Server):
@@ -296,10 +306,44 @@ def run(options: ServeOptions) -> None:
                 driver.drain(options.grace_s)
             super().handle_exit(sig, frame)
 
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:
+                print(ready_message(options), flush=True)
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     if options.host not in ("127.0.0.1", "localhost", "::1") and not options.api_keys:
         log.warning("listening on %s without an API key: anyone who can reach this port can use the model "
                     "and read the stored conversations (add --api-key)", options.host)
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="info",
                             timeout_graceful_shutdown=int(options.grace_s) + 5)
-    DrainingServer(config).run()
+    DrainingServer(config).run(sockets=[sock])
+
+
+def listening_socket(host: str, port: int):
+    """A socket bound to host:port (uvicorn listens on it), or a ConfigError that says what to do."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host}: not an address or a known name ({e.strerror})") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        busy = "another program is listening there: stop it, or choose another --port" \
+            if e.errno == errno.EADDRINUSE else e.strerror
+        raise ConfigError(f"cannot listen on {host}:{port}: {busy}") from None
+    return sock
+
+
+def ready_message(options: ServeOptions) -> str:
+    """Where to point a browser and an OpenAI client, once the server answers."""
+    shown = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
+    base = f"http://{f'[{shown}]' if ':' in shown else shown}:{options.port}"
+    everywhere = " (and this machine's other addresses)" if shown != options.host else ""
+    return (f"ready: chat page {base}/{everywhere} · OpenAI-compatible API {base}/v1 · API docs {base}/docs"
+            + ("" if not options.api_keys else " · clients send Authorization: Bearer KEY"))

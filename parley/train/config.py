@@ -9,6 +9,9 @@ override defaults. Values are checked against the field's type (and `Literal` ch
 read, and `check()` checks ranges and combinations, so every mistake is a ConfigError that names the
 key as the user wrote it and what is allowed — before any model or data is loaded.
 
+Relative inputs in a config file (data.sources, a model directory) are read relative to the file,
+so a recipe runs from any directory; out_dir stays relative to where the command runs.
+
 `--set` values are parsed as TOML values when they can be (`16`, `true`, `[1, 0.5]`, `"a b"`) and
 taken as bare strings otherwise (`out_dir=runs/x`); a bare string given to a list key is a one-item
 list (`data.sources=chatterbot`).
@@ -192,8 +195,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
         _merge(config, table, prefix="", origin=str(path))
+        _anchor_inputs(config, path.resolve().parent)
     apply_overrides(config, overrides)
     return config.check()
+
+
+def _anchor_inputs(config: TrainConfig, base: Path) -> None:
+    """A config file's relative inputs (data.sources, a model directory) are found beside the file,
+    whatever the working directory; its outputs (out_dir) go where the command runs, like --set's."""
+    from parley.data.sources import anchored
+
+    config.data.sources = [anchored(spec, base) for spec in config.data.sources]
+    model = Path(config.model).expanduser()
+    if not model.is_absolute() and (base / model).is_dir():
+        config.model = str(base / model)
 
 
 def from_dict(table: dict) -> TrainConfig:

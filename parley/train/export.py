@@ -70,9 +70,9 @@ def _export_hf(source: str | Path, out: Path, merge_lora: bool) -> Path:
 
 def _model_dir(source: str | Path) -> Path | None:
     """The directory holding the model of a run dir, a final/ or an adapter/model dir; None if it has none."""
-    model_dir = Path(source).expanduser()
-    if (model_dir / "final").is_dir():
-        model_dir = model_dir / "final"
+    from parley.models import model_dir as found
+
+    model_dir = found(Path(source).expanduser())
     if (model_dir / "config.json").is_file() or (model_dir / "adapter_config.json").is_file():
         return model_dir
     return None

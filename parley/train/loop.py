@@ -118,6 +118,10 @@ def _run(config: TrainConfig, resuming: bool) -> Path:
     seq2seq = bool(getattr(loaded.model.config, "is_encoder_decoder", False))
     data, plan = _data(config, loaded, run_dir, accelerator, seq2seq)
     total = config.max_steps or max(1, math.ceil(config.epochs * plan.steps_per_epoch))
+    if config.optim.warmup_steps >= total:
+        _say(accelerator, f"warning: optim.warmup_steps = {config.optim.warmup_steps} is not below the run's {total} "
+                          f"steps, so the learning rate never reaches optim.lr = {config.optim.lr:g}: lower it "
+                          f"(about a tenth of the steps is usual)")
     model, optimizer, scheduler = _optimized(loaded.model, config, seq2seq, total)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState()
@@ -200,8 +204,10 @@ def _loop(trainer: _Steps, state: TrainState, total: int, config: TrainConfig, m
     save_every = config.checkpoint.every or eval_every
     last_saved = -1
     if state.step == 0 and config.eval.at_start:
+        monitor.phase("validation")
         _record_eval(trainer.evaluate(), state, config, monitor)
         speed.restart()
+    monitor.phase("train")
     while state.step < total:
         lr = trainer.scheduler.get_last_lr()[0]  # the rate this step uses
         loss, grad_norm, tokens = trainer.step(state.step)
@@ -215,14 +221,17 @@ def _loop(trainer: _Steps, state: TrainState, total: int, config: TrainConfig, m
 
         val_loss, stop = None, False
         if (eval_every and state.step % eval_every == 0) or state.step == total:
+            monitor.phase("validation")
             val_loss = trainer.evaluate()
             stop = _record_eval(val_loss, state, config, monitor)
         improved = val_loss is not None and state.best_step == state.step
         if (save_every and state.step % save_every == 0) or state.step == total or stop or (improved and config.checkpoint.keep_best):
+            monitor.phase("checkpoint")
             checkpoint.save(trainer.accelerator, run_dir, state.step, val_loss, config.checkpoint.keep_last, config.checkpoint.keep_best)
             last_saved = state.step
         if val_loss is not None or last_saved == state.step:
             speed.restart()
+        monitor.phase("train")
         if stop:
             monitor.say(f"early stopping at step {state.step}: no improvement over {state.best_val:.4f} "
                         f"(step {state.best_step}) in {config.eval.patience} evaluations")
@@ -418,6 +427,7 @@ def _keep_trainable_weights(models, weights, output_dir) -> None:
 
 def _save_final(accelerator, model, loaded, template: str, config: TrainConfig, run_dir: Path, monitor: Monitor) -> Path:
     """RUN_DIR/final: a save_pretrained directory (full model or LoRA adapter) with tokenizer and template."""
+    monitor.phase("final save")
     state_dict = accelerator.get_state_dict(model)  # every process: FSDP gathers the shards here
     final = run_dir / FINAL
     if accelerator.is_main_process:

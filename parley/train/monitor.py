@@ -5,6 +5,10 @@ Only the main process writes. Every logged record is one JSON line in metrics.js
 evaluations); loss.png is redrawn from that file at each evaluation, so it also shows the part of a
 run before a resume. On resume the lines after the checkpoint's step are dropped first: they belong
 to steps that will be trained again.
+
+The bar names what the run is doing ("train", "validation", "checkpoint", "final save"), so a long
+evaluation at step 0 or at the end does not look like a hang; its ETA is the remaining steps times
+the recent seconds per training step, with the time spent evaluating and saving left out.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ class Monitor:
         self.main = accelerator.is_main_process
         self.run_dir = Path(run_dir)
         self._bar = None
+        self.total = total_steps
+        self._eta = StepClock(start_step)
         if self.main and progress:
             self._bar = _progress_bar()
             self._task = self._bar.add_task("train", total=total_steps, completed=start_step,
-                                            loss="-", lr="-", tps="-")
+                                            loss="-", lr="-", tps="-", eta="-:--:--")
             self._bar.start()
         self._file = open(self.run_dir / METRICS, "a", encoding="utf-8") if self.main else None
 
@@ -44,8 +50,17 @@ class Monitor:
         self.accelerator.log(values, step=record["step"])
 
     def advance(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+        eta = self._eta.tick(step, self.total)
         if self._bar is not None:
-            self._bar.update(self._task, completed=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", tps=f"{tokens_per_s:,.0f}")
+            self._bar.update(self._task, completed=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", tps=f"{tokens_per_s:,.0f}",
+                             eta=eta)
+
+    def phase(self, name: str) -> None:
+        """Label the bar with what the run does now; anything but "train" is left out of the ETA."""
+        self._eta.pause() if name != "train" else self._eta.resume()
+        if self._bar is not None:
+            self._bar.update(self._task, description=name)
+            self._bar.refresh()
 
     def say(self, text: str) -> None:
         """A line of text above the progress bar (or on stderr without one)."""
@@ -76,11 +91,39 @@ def _progress_bar():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
-        TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
         console=Console(stderr=True),
     )
+
+
+class StepClock:
+    """Seconds per training step (a moving average over the recent steps), for the ETA. Rich's own
+    estimate forgets samples older than 30 s, so steps slower than that never showed one."""
+
+    def __init__(self, step: int):
+        self.step, self.per_step = step, 0.0
+        self._since: float | None = time.perf_counter()
+
+    def pause(self) -> None:
+        self._since = None
+
+    def resume(self) -> None:
+        if self._since is None:
+            self._since = time.perf_counter()
+
+    def tick(self, step: int, total: int) -> str:
+        """Note that `step` is done; the time left for the rest as H:MM:SS."""
+        now = time.perf_counter()
+        if self._since is not None and step > self.step:
+            current = (now - self._since) / (step - self.step)
+            self.per_step = current if not self.per_step else 0.8 * self.per_step + 0.2 * current
+        self.step, self._since = step, now
+        if not self.per_step:
+            return "-:--:--"
+        seconds = round(self.per_step * max(total - step, 0))
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def read_metrics(path: Path) -> list[dict]:

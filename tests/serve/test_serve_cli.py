@@ -35,10 +35,29 @@ def test_sigterm_ends_running_streams_cleanly(model_dir):
         assert len(chunks) < 900  # cut by the shutdown, not by max_tokens
         # uvicorn re-raises the signal once it has shut down cleanly, as process managers expect.
         assert process.wait(timeout=30) in (0, -signal.SIGTERM)
-        assert "Application shutdown complete" in process.stdout.read()
+        log = process.stdout.read()
+        assert "Application shutdown complete" in log
+        assert f"ready: chat page {url}/ · OpenAI-compatible API {url}/v1 · API docs {url}/docs" in log
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_busy_port_is_one_line_before_the_model_loads():
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:  # the model does not exist: only the port being checked first gives the port's error
+        result = subprocess.run([PARLEY, "serve", "--port", str(port), "--model", "/no/such/model"],
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        holder.close()
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"parley: error: cannot listen on 127.0.0.1:{port}: another program is "
+                                     "listening there: stop it, or choose another --port")
 
 
 def test_a_parley_server_in_front_of_another(server):

@@ -38,10 +38,34 @@ def test_toml_then_set_overrides_with_types(tmp_path):
     config = load_config(path, ["max_steps=99", "out_dir=runs/x", "lora.r=16", "optim.schedule=linear",
                                 "gradient_checkpointing=true", 'lora.target_modules=["q_proj", "v_proj"]', "optim.lr=2e-4"])
     assert (config.model, config.max_steps, config.out_dir) == ("gpt2", 99, "runs/x")
-    assert config.data.sources == ["chatterbot", "pairs:src"] and config.data.weights == [1.0, 0.5]
+    # A relative input is found beside the config file, whatever the working directory.
+    assert config.data.sources == ["chatterbot", f"pairs:{tmp_path / 'src'}"] and config.data.weights == [1.0, 0.5]
     assert (config.lora.r, config.method, config.optim.lr, config.optim.schedule) == (16, "lora", 2e-4, "linear")
     assert config.gradient_checkpointing is True and config.lora.target_modules == ["q_proj", "v_proj"]
     assert load_config(None, ["data.sources=chatterbot"]).data.sources == ["chatterbot"]  # a bare string is a 1-list
+
+
+def test_shipped_recipes_find_their_sources_from_another_directory(tmp_path, monkeypatch):
+    from parley.train.dataset import preflight
+
+    from .train_task import REPO
+
+    monkeypatch.chdir(tmp_path)
+    for recipe in sorted((REPO / "examples").glob("*.toml")):
+        config = load_config(recipe)
+        preflight(config.data.sources)  # raises if a source is missing
+        assert f"pairs:{REPO / 'parley'}" in config.data.sources
+        assert config.out_dir.startswith("runs/")  # outputs go where the command runs
+
+
+def test_relative_sources_with_options_and_formats_are_anchored(tmp_path):
+    path = tmp_path / "conf" / "train.toml"
+    path.parent.mkdir()
+    path.write_text('[data]\nsources = ["table:qa.csv,prompt=q,response=a", "data/prepared", "/abs/x", "hf:org/set,split=train",'
+                    ' "python-stdlib", "pairs:~/src"]\n')
+    assert load_config(path).data.sources == [
+        f"table:{path.parent / 'qa.csv'},prompt=q,response=a", str(path.parent / "data/prepared"), "/abs/x",
+        "hf:org/set,split=train", "python-stdlib", "pairs:~/src"]
 
 
 @pytest.mark.parametrize("override, message", [

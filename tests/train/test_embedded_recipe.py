@@ -18,7 +18,7 @@ RECIPES = sorted((REPO / "examples").glob("*.toml"))
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_recipe_runs_on_the_embedded_model_and_chat_loads_its_final(recipe: Path, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)  # recipes name sources relative to the repository root
+    monkeypatch.chdir(tmp_path)  # not the checkout: a recipe's inputs are found beside it
     config = load_config(recipe, ["max_steps=1", "batch_size=1", "data.val_rows=2", "eval.at_start=false",
                                   f"out_dir={tmp_path / 'run'}", "log.progress=false"])
     final = start(config)

@@ -56,8 +56,8 @@ def test_export_errors_are_one_line(lora_run, tmp_path):
     assert nothing.returncode == 2 and "has no model" in nothing.stderr and "Traceback" not in nothing.stderr
 
 
-def test_parley_chat_answers_with_the_run_final(lora_run):
-    result = run_cli("chat", "--model", str(lora_run / "final"), "-p", "I am Ada from Oslo.", "--temperature", "0",
+def test_parley_chat_answers_with_the_run_dir(lora_run):
+    result = run_cli("chat", "--model", str(lora_run), "-p", "I am Ada from Oslo.", "--temperature", "0",  # RUN_DIR: its final/
                      "--max-new-tokens", "12")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()

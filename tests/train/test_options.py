@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -113,13 +115,19 @@ def test_data_prepared_for_another_tokenizer_is_refused(llama_dir, tokenizer, ta
 
 def test_the_progress_bar_shows_loss_lr_speed_and_eta(llama_dir, prepared, tmp_path):
     pexpect = pytest.importorskip("pexpect")
-    args = [f"model={llama_dir}", f"data.sources={prepared}", f"out_dir={tmp_path / 'run'}", "max_steps=40", "batch_size=8"]
+    args = [f"model={llama_dir}", f"data.sources={prepared}", f"out_dir={tmp_path / 'run'}", "max_steps=40", "batch_size=8",
+            "optim.warmup_steps=40"]
     child = pexpect.spawn(sys.executable, [str(Path(sys.executable).parent / "parley"), "train",
                                            *[a for s in args for a in ("--set", s)]],
                           cwd=str(REPO), env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
-                                              "TERM": "xterm", "NO_COLOR": "1", "PARLEY_HOME": str(tmp_path / "home")},
+                                              "TERM": "xterm", "NO_COLOR": "1", "PARLEY_HOME": str(tmp_path / "home"),
+                                              **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}},
                           encoding="utf-8", timeout=120, dimensions=(40, 160))
-    child.expect(r"train .*\d+/40 loss \d+\.\d{4} lr \d\.\d\de-\d\d [\d,]+ tok/s .*ETA")
+    child.expect(r"warning: optim.warmup_steps = 40 is not below the run's 40 steps")
+    child.expect(r"validation .* 0/40")  # the evaluation at step 0 is named, not a bar stuck at 0
+    child.expect(r"train .*\d+/40 loss \d+\.\d{4} lr \d\.\d\de-\d\d [\d,]+ tok/s .*ETA \d+:\d\d:\d\d")
+    child.expect(r"validation .* 40/40")  # and the one at the end
+    child.expect(rf"next: parley chat --model {re.escape(str(tmp_path / 'run' / 'final'))}")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
