@@ -49,11 +49,14 @@ def reply_room(window: int, max_new_tokens: int) -> int:
 
 
 def fit_messages(
-    messages: list[dict], tokenizer, template: str, budget: int, *, add_generation_prompt: bool = True
+    messages: list[dict], tokenizer, template: str, budget: int, *, add_generation_prompt: bool = True,
+    tools: list[dict] | None = None,
 ) -> Fitted:
-    """Keep as much recent dialogue as fits in `budget` tokens, by the rule in the module docstring."""
+    """Keep as much recent dialogue as fits in `budget` tokens, by the rule in the module docstring.
+    `tools` are rendered with every candidate (they cost tokens but are never dropped); a tool result
+    belongs to its user message's turn, so it never outlives the call it answers."""
     def count(candidate: list[dict]) -> int:
-        return len(encode_chat(tokenizer, template, candidate, add_generation_prompt))
+        return len(encode_chat(tokenizer, template, candidate, add_generation_prompt, tools))
 
     system, turns = _split(messages)
 

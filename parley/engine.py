@@ -66,11 +66,12 @@ from parley.kvcache import PrefixStore, RowCache
 from parley.models import Loaded
 from parley.sampling import SAMPLING_EPS, ParamError, SamplingParams, held_back, processors
 from parley.seq2seq import Seq2SeqBatch
-from parley.templates import encode_chat
+from parley.templates import Chat, encode_chat
 
 PREFILL_CHUNK = 512  # prompt tokens fed per forward: bounds the (tokens x context) mask and activations
 PREFIX_CACHE_MB = 256  # memory kept for finished sequences' keys and values (automatic prefix caching)
-Prompt = str | list[dict]  # a raw prompt (used as is) or chat messages (rendered with the template)
+Prompt = str | list[dict] | Chat  # a raw prompt (used as is), or chat messages (rendered with the template), or
+# a Chat: messages with tools, tool calls and results (the model's own template if tool-aware, else tools.py's)
 
 
 @dataclass
@@ -322,9 +323,9 @@ class Engine(Protocol):
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[Token]: ...
 
-    def count(self, messages: list[dict], add_generation_prompt: bool = True) -> int: ...
+    def count(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> int: ...
 
-    def fit(self, messages: list[dict], max_new_tokens: int) -> Fitted:
+    def fit(self, messages: list[dict], max_new_tokens: int, tools: list[dict] | None = None) -> Fitted:
         """`messages` cut to the context window by the rolling-buffer rule, with room left for the reply."""
         ...
 
@@ -373,6 +374,8 @@ class LocalEngine:
         tokenizer = self.loaded.tokenizer
         if isinstance(prompt, str):
             return tokenizer(prompt)["input_ids"]
+        if isinstance(prompt, Chat):
+            return encode_chat(tokenizer, self.loaded.template, prompt.messages, True, prompt.tools)
         return encode_chat(tokenizer, self.loaded.template, prompt, add_generation_prompt=True)
 
     def start(self, prompt: Prompt, params: SamplingParams) -> Sequence:
@@ -414,14 +417,14 @@ class LocalEngine:
     def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> str:
         return "".join(token.text for token in self.stream(prompt, params))
 
-    def count(self, messages: list[dict], add_generation_prompt: bool = True) -> int:
-        """Exact prompt length of `messages` in tokens, as the model would see them."""
-        return len(encode_chat(self.loaded.tokenizer, self.loaded.template, messages, add_generation_prompt))
+    def count(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> int:
+        """Exact prompt length of `messages` (and the `tools` shown) in tokens, as the model would see them."""
+        return len(encode_chat(self.loaded.tokenizer, self.loaded.template, messages, add_generation_prompt, tools))
 
-    def fit(self, messages: list[dict], max_new_tokens: int) -> Fitted:
+    def fit(self, messages: list[dict], max_new_tokens: int, tools: list[dict] | None = None) -> Fitted:
         """Exact: rendered and tokenized (conversation.py), leaving `reply_room` tokens for the reply."""
         budget = self.loaded.context_window - reply_room(self.loaded.context_window, max_new_tokens)
-        return fit_messages(messages, self.loaded.tokenizer, self.loaded.template, budget)
+        return fit_messages(messages, self.loaded.tokenizer, self.loaded.template, budget, tools=tools)
 
     def piece(self, token_id: int) -> bytes:
         """One token's own bytes (what logprobs report), which may be part of a UTF-8 character: a

@@ -7,7 +7,10 @@
 Front ends get one through `backend.open("openai:NAME", base_url=URL)`, the only place that reads
 that prefix. Works with vLLM, llama.cpp's server, Ollama, a hosted API, or another `parley serve`.
 Chat messages go to /chat/completions (the remote renders its own chat template); a raw prompt string
-goes to /completions. Decoding happens over there, so many prompts at once are many concurrent
+goes to /completions. A `templates.Chat` sends its `tools` along (a `json_schema` alongside constrains the reply, which is
+then the call as JSON, as a local engine's forced call is); the calls the service streams back become
+text in Parley's <tool_call> format (parley/tools.py), which the server reads back as calls, so a
+remote model's tool calls reach a client of `parley serve` as tool calls. Decoding happens over there, so many prompts at once are many concurrent
 streams (`driver()` is a batching.StreamDriver): the service batches them itself.
 
 Limits: a remote token has no id here (`Token.id` is -1) and one streamed chunk becomes one Token
@@ -22,6 +25,7 @@ available here, so the service fits the context or refuses with an error.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Iterator
@@ -30,6 +34,8 @@ from parley.batching import StreamDriver
 from parley.conversation import Fitted
 from parley.engine import Prompt, SamplingParams, Token
 from parley.errors import ConfigError, ContextError, ModelLoadError
+from parley.templates import Chat
+from parley.tools import CLOSE, OPEN, call_json
 
 DEFAULT_CONTEXT = 8192  # used when the service does not say (vLLM and Parley report max_model_len)
 
@@ -83,12 +89,21 @@ class RemoteEngine:
             else:
                 if params.top_logprobs:
                     args.update(logprobs=True, top_logprobs=params.top_logprobs)
+                if isinstance(prompt, Chat):
+                    if prompt.tools:
+                        args["tools"] = prompt.tools
+                    prompt = prompt.messages
                 chunks = self.client.chat.completions.create(messages=prompt, **args)
+            calls: dict[int, dict] = {}  # streamed tool calls by index, assembled
             with chunks:
                 for chunk in chunks:
+                    _add_calls(chunk, calls)
                     token = _token(chunk)
                     if token is not None:
                         yield token
+            if calls:
+                blocks = [f"{OPEN}\n{call_json(calls[i])}\n{CLOSE}" for i in sorted(calls)]
+                yield Token(id=-1, text="\n".join(blocks), logprob=math.nan)
         except openai.APIConnectionError as e:
             raise ModelLoadError(f"lost the remote model at {self.base_url} ({_cause(e)})") from e
         except openai.AuthenticationError as e:
@@ -104,13 +119,14 @@ class RemoteEngine:
     def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> str:
         return "".join(token.text for token in self.stream(prompt, params))
 
-    def count(self, messages: list[dict], add_generation_prompt: bool = True) -> int:
+    def count(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> int:
         """An estimate of the prompt's length in tokens (see the module docstring)."""
-        return sum(4 + len(m.get("content") or "") // 4 for m in messages) + 3 * add_generation_prompt
+        listed = len(json.dumps(tools)) // 4 if tools else 0
+        return sum(4 + len(m.get("content") or "") // 4 for m in messages) + 3 * add_generation_prompt + listed
 
-    def fit(self, messages: list[dict], max_new_tokens: int) -> Fitted:
+    def fit(self, messages: list[dict], max_new_tokens: int, tools: list[dict] | None = None) -> Fitted:
         """The messages unchanged, with `count`'s estimate: the service fits its own window, or refuses."""
-        return Fitted(list(messages), self.count(messages))
+        return Fitted(list(messages), self.count(messages, tools=tools))
 
     def score(self, text: str | list[int], top: int = 0):
         raise ConfigError("prompt logprobs (echo with logprobs) need the model's own forward pass: "
@@ -150,6 +166,16 @@ class RemoteEngine:
         if extra:
             args["extra_body"] = extra
         return args
+
+
+def _add_calls(chunk, calls: dict[int, dict]) -> None:
+    """Gather a chunk's tool-call deltas (id and name first, then argument fragments) into `calls`."""
+    delta = getattr(chunk.choices[0], "delta", None) if chunk.choices else None
+    for part in getattr(delta, "tool_calls", None) or []:
+        call = calls.setdefault(part.index, {"function": {"name": "", "arguments": ""}})
+        if part.function is not None:
+            call["function"]["name"] += part.function.name or ""
+            call["function"]["arguments"] += part.function.arguments or ""
 
 
 def _token(chunk) -> Token | None:

@@ -1,10 +1,10 @@
 """Tool calls in Parley's one documented format: how tools and calls are written for the model, and read back.
 
-Every conversation with tools, assistant `tool_calls` or `role: "tool"` results becomes plain
-system/user/assistant messages through `plain_messages()` before the chat template renders it, in
-serving (parley/serve/openai_api.py) and in training data (parley/data/chat_formats.py) alike, so a
-model fine-tuned on tool-use records sees exactly what `parley serve` shows it. The format is the
-Hermes/Qwen convention:
+A conversation with tools, assistant `tool_calls` or `role: "tool"` results becomes plain
+system/user/assistant messages through `plain_messages()` when the model's chat template cannot render
+tools itself (parley/templates.py `render` decides, for chat, serving and `count`/`fit` alike), and always
+in training data (parley/data/chat_formats.py), so a model fine-tuned on tool-use records sees exactly
+what `parley serve` shows it. The format is the Hermes/Qwen convention:
 
     system     (the system prompt, if any, then)
                You may call functions ... <tools>
@@ -25,8 +25,8 @@ Schema built from the tools, so its reply is the call itself as JSON (`parse_for
 Which models: `required` and a named function always give a valid call (the grammar sees to it,
 even for a random model). `auto` leaves the choice to the model: SmolLM2-135M-Instruct (the embedded
 model) rarely calls a tool unprompted; models trained on this format (Hermes, Qwen2.5 and later) or
-fine-tuned on tool-use records with `parley train` do. Models whose own templates render tools
-differently still get this format (their template renders the plain messages it produces).
+fine-tuned on tool-use records with `parley train` do. Models whose own template is tool-aware render
+tools their own way (templates.py); their calls are read back in this format.
 """
 
 from __future__ import annotations

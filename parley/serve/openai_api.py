@@ -89,9 +89,9 @@ async def chat_completions(body: ChatRequest, request: Request):
     params = body.params(request, body.top_logprobs or 0, max_tokens)
     if plan.schema is not None:  # the forced call's grammar (each tool's parameters compiled in ToolPlan)
         params = [dataclasses.replace(p, json_schema=plan.schema) for p in params]
-    messages = plan.messages([m.plain() for m in body.messages])
+    prompt = plan.prompt([m.plain() for m in body.messages])
     call = _Call(request, "chat.completion", "chatcmpl-", body.logprobs, body.stream_options, plan)
-    return await call.run([(messages, p) for p in params], body.n, max_tokens, streaming=body.stream)
+    return await call.run([(prompt, p) for p in params], body.n, max_tokens, streaming=body.stream)
 
 
 @router.post("/completions")

@@ -62,7 +62,7 @@ FIELDS: dict[str, Rule] = {
     "prompt_cache_options": Rule(ACCEPTED, "a caching hint: the prefix cache here is automatic", CHAT),
     "prompt_cache_retention": Rule(ACCEPTED, "a caching hint: the prefix cache here is automatic", CHAT),
     "prediction": Rule(ACCEPTED, "predicted output only speeds OpenAI up; the reply is the same", CHAT),
-    "tools": Rule(HONOURED, "function tools, shown to the model in one documented format (parley/tools.py)", CHAT),
+    "tools": Rule(HONOURED, "function tools, shown by the model's own template when it is tool-aware, else in one documented format (parley/tools.py)", CHAT),
     "tool_choice": Rule(HONOURED, "`none`, `auto`, `required` or a named function; the last two decode under "
                                   "the tools' schemas, so the call is well formed", CHAT),
     "parallel_tool_calls": Rule(HONOURED, "`false`: at most one call per reply", CHAT),

@@ -146,6 +146,8 @@ class Message(Strict):
         message = {"role": "system" if self.role == "developer" else self.role, "content": content}
         if self.tool_calls:
             message["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:  # some tool-aware templates write it beside the result
+            message["tool_call_id"] = self.tool_call_id
         return message
 
 

@@ -1,7 +1,8 @@
 """Tool calling on /v1/chat/completions: `tools`, `tool_choice`, `parallel_tool_calls`, and histories with them.
 
-The request's tools and tool messages are written into the prompt in Parley's one format
-(parley/tools.py). `tool_choice`:
+The request's tools and tool messages go to the engine as a `templates.Chat`: the model's own template
+renders them when it is tool-aware, otherwise Parley's documented format does (parley/tools.py); replies
+are read in the <tool_call> format. `tool_choice`:
     none      the tools are not shown and no call is made (a history with calls is still rendered)
     auto      the tools are shown; <tool_call> blocks in the reply become `tool_calls` (streamed text is
               held back from the first <tool_call> on)
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from parley import tools as fmt
 from parley.constraints import GrammarError, json_grammar
+from parley.templates import Chat
 from parley.serve.api_errors import ApiError
 
 
@@ -92,9 +94,9 @@ class ToolPlan:
         """Replies may hold calls (they are read, and held back while streaming)."""
         return self.mode != "none"
 
-    def messages(self, messages: list[dict]) -> list[dict]:
-        """The history in the documented format, with the tools listed unless tool_choice is none."""
-        return fmt.plain_messages(messages, self.tools if self.active else None)
+    def prompt(self, messages: list[dict]) -> Chat:
+        """The history as the engine renders it, with the tools shown unless tool_choice is none."""
+        return Chat(messages, (self.tools or None) if self.active else None)
 
     def calls(self, text: str, finish_reason: str | None) -> tuple[str | None, list[dict]]:
         """(content, tool calls) of a finished reply. A forced reply cut short is returned as text."""

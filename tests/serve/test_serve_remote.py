@@ -89,3 +89,42 @@ def test_parley_chat_says_when_the_server_is_missing():
     assert done.returncode == 2
     assert done.stderr.startswith("parley: error: cannot reach http://127.0.0.1:9/v1")
     assert "Traceback" not in done.stderr
+
+
+def test_tools_and_tool_histories_reach_the_remote(remote, tiny_loaded):
+    """A Chat's tools and its calls and results go to the service, which renders them as a local engine would;
+    a forced call (json_schema beside the tools) comes back as the call's JSON."""
+    from parley.templates import Chat
+    from parley.tools import forced_schema
+
+    add = {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "additionalProperties": False, "required": ["a"],
+        "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}}}}}
+    call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2}'}}
+    history = [*HELLO, {"role": "assistant", "content": None, "tool_calls": [call]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "2"}]
+    local = LocalEngine(tiny_loaded)
+    assert remote.generate(Chat(history, [add]), GREEDY) == local.generate(Chat(history, [add]), GREEDY)
+    forced = SamplingParams(temperature=0, max_new_tokens=20, json_schema=forced_schema([add], "add", False))
+    assert remote.generate(Chat(HELLO, [add]), forced) == local.generate(Chat(HELLO, [add]), forced)
+    assert remote.count(HELLO, tools=[add]) > remote.count(HELLO)
+
+
+def test_streamed_remote_tool_calls_become_parleys_call_blocks():
+    """A service's tool_call deltas (as OpenAI streams them) are gathered into the <tool_call> text that
+    parley/tools.py reads back as calls."""
+    from openai.types.chat import ChatCompletionChunk
+
+    from parley.remote import _add_calls
+    from parley.tools import call_json
+
+    def chunk(part):
+        return ChatCompletionChunk.model_validate({"id": "c", "object": "chat.completion.chunk", "created": 0,
+                                                   "model": "m", "choices": [{"index": 0, "delta": part}]})
+    calls: dict[int, dict] = {}
+    for part in ({"tool_calls": [{"index": 0, "id": "x", "type": "function",
+                                  "function": {"name": "add", "arguments": ""}}]},
+                 {"tool_calls": [{"index": 0, "function": {"arguments": '{"a": '}}]},
+                 {"tool_calls": [{"index": 0, "function": {"arguments": "2}"}}]}, {"content": None}):
+        _add_calls(chunk(part), calls)
+    assert call_json(calls[0]) == '{"name": "add", "arguments": {"a": 2}}'

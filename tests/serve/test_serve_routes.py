@@ -196,7 +196,6 @@ def test_responses_text_format_json_schema(client):
 
 
 @pytest.mark.parametrize("args, param", [
-    ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
     ({"previous_response_id": "resp_1"}, "previous_response_id"),
     ({"store": True}, "store"),
     ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "integr"}}}}, "text.format.schema"),
