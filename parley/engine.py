@@ -37,8 +37,9 @@ stay the model's own, before the mask.
 
 Whole-prompt forwards: `score` gives each prompt token's logprob (the first None) and `embed` the
 mean-pooled last hidden states, each from one forward without a KV cache, so they may run on another
-thread beside the driver's (the server runs one at a time, serve/streaming.py `beside`). A remote
-engine refuses both (ConfigError): it has no forward pass here.
+thread beside the driver's (the server runs one at a time, serve/streaming.py `beside`); `weights`
+hands the loaded model to attribution (parley/explain), which runs the same way. A remote engine
+refuses all three (ConfigError): it has no forward pass here.
 
 Encoder-decoder models (T5, BART) decode in a `parley.seq2seq.Seq2SeqBatch` instead (`new_batch()` chooses).
 
@@ -341,6 +342,10 @@ class Engine(Protocol):
         """(a unit-length vector for the text: the mean of the model's last hidden states, tokens read)."""
         ...
 
+    def weights(self) -> Loaded:
+        """The loaded model, tokenizer and template, for attribution (parley/explain); remote: ConfigError."""
+        ...
+
 
 class LocalEngine:
     """Generation over one loaded model. Not thread-safe: one caller (or one driver) drives it."""
@@ -469,6 +474,11 @@ class LocalEngine:
         out = self.loaded.model(input_ids=torch.tensor([ids], device=self.loaded.device), output_hidden_states=True)
         pooled = out.hidden_states[-1][0].float().mean(dim=0)  # (T, C) -> (C,)
         return torch.nn.functional.normalize(pooled, dim=0).tolist(), len(ids)
+
+    def weights(self) -> Loaded:
+        """The model, tokenizer and template this engine decodes with: attribution (parley/explain)
+        runs its own forward and backward passes on them, beside the driver's thread as `score` does."""
+        return self.loaded
 
     def _whole_prompt(self, text: str | list[int]) -> list[int]:
         if getattr(self.loaded.model.config, "is_encoder_decoder", False):

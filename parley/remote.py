@@ -136,6 +136,10 @@ class RemoteEngine:
         raise ConfigError("embeddings come from the served model's hidden states: a remote openai: model "
                           "has none here; ask its service's /v1/embeddings directly")
 
+    def weights(self):
+        raise ConfigError("attribution needs the model's weights: a remote openai: model has none here; "
+                          "explain with a local model (smollm2, a directory or a hub id)")
+
     def driver(self, max_batch: int = 8, max_queue: int = 64) -> StreamDriver:
         """Up to `max_batch` concurrent streams (batching.StreamDriver); the service batches them."""
         return StreamDriver(self.stream, max_batch, max_queue)

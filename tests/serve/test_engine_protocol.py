@@ -124,3 +124,14 @@ def test_driver_bounds_its_line_cancels_and_shuts_down(engine, reference):
     while not events.empty():
         after.append(events.get())
     assert len(after) < 199 and all(e.finish_reason is None and e.error is None for e in after)
+
+
+def test_weights_are_for_local_engines_only(engine, tiny_loaded):
+    """Attribution (parley/explain) runs on the weights: a remote engine says so in one line."""
+    from parley.errors import ConfigError
+
+    if isinstance(engine, LocalEngine):
+        assert engine.weights() is tiny_loaded
+    else:
+        with pytest.raises(ConfigError, match="attribution needs the model's weights"):
+            engine.weights()

@@ -1,0 +1,8 @@
+"""Explanations of a reply: how sure the model was of each token, what it nearly said, and which
+prompt tokens, lines and messages drove it. Every front end (terminal, server, `parley explain`,
+`parley eval explain`) uses this package; the numbers come from the engine's own weights and template.
+
+    layout.py       the conversation and reply as the model reads them: tokens, messages, lines
+    attribution.py  gradient x input, integrated gradients (captum), occlusion, contrast; confidence
+    export.py       the research export: JSON, a self-contained HTML heatmap, a PNG
+"""
