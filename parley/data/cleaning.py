@@ -19,7 +19,8 @@ Wikipedia), in this order, each on by default with its threshold in `CleanConfig
     duplicate         the same text as an earlier document (whitespace at the ends ignored)
     near_duplicate    estimated Jaccard similarity of word 5-gram shingles with an earlier kept document at
                       or above `near_dup_threshold` (MinHash + LSH from datasketch)
-    not_utf8          (counted by the readers) a file in a directory, or a line of JSONL, that is not UTF-8
+    not_utf8          (counted by the reader) a file in a `text:DIR` folder that is not UTF-8; a file named
+                      directly (or a JSONL line) that is not stops the run with file:line instead
 
 The quality rules come before the duplicate checks so that a rejected document never enters the
 indexes. Dedup is across every text source of one `prepare` run, in source order: the first copy is kept.
@@ -66,7 +67,7 @@ class CleanConfig:
     near_dup: bool = True  # drop near-duplicates of a kept document (MinHash LSH over word 5-grams)
     near_dup_threshold: float = 0.8  # estimated Jaccard similarity at which a document is a near-duplicate
     num_perm: int = 128  # MinHash permutations: more is more exact and slower
-    not_utf8: bool = True  # skip (and count) files in a directory and JSONL lines that are not UTF-8; false = stop with file:line
+    not_utf8: bool = True  # skip (and count) files of a text:DIR folder that are not UTF-8; false = stop at the first, naming file:line
 
     def check(self) -> None:
         for name in ("max_symbol_ratio", "max_digit_ratio", "max_dup_line_ratio", "max_dup_ngram_ratio"):
