@@ -45,7 +45,7 @@ from parley.data.chat_formats import Columns
 from parley.data.cleaning import Cleaner
 from parley.data.code_files import CodeFilter
 from parley.data.records import Bad, Record
-from parley.data.textfiles import data_suffix, json_items, lines
+from parley.data.textfiles import COMPRESSED, data_suffix, json_items, lines
 from parley.errors import ConfigError, DataError
 
 BUILTINS = ("chatterbot", "python-stdlib", "python-stdlib-pairs", "feedback")
@@ -207,7 +207,8 @@ def _file(src: Source, path: Path) -> Iterator[Record | Bad]:
         return _rows(src, tables.csv_rows(path), str(path), table=True, columns=tables.csv_header(path))
     if ext == ".parquet":
         return _rows(src, tables.parquet_rows(path), str(path), table=True, columns=tables.parquet_columns(path))
-    src.total = path.stat().st_size
+    # Progress counts the text read, so a compressed file's size is no total to compare it with.
+    src.total = 0 if path.suffix.lower() in COMPRESSED else path.stat().st_size
     if ext in JSON_EXT:
         return _rows(src, json_items(path), str(path), table=False)
     raise DataError(

@@ -2,6 +2,7 @@
 
     parley eval perplexity --model smollm2 --source notes.txt --source code:~/src/proj
     parley eval perplexity --model runs/tuned/final --source chatterbot --split validation
+    parley eval perplexity --model runs/prose/final --source text:~/notes-heldout     (a folder of prose)
 
 How it is counted (as lm-evaluation-harness's rolling log-likelihood): each document is tokenized
 whole, a BOS token (EOS when the tokenizer has none) is put in front so the first token is scored

@@ -45,7 +45,7 @@ class DataConfig:
     val_rows: int = 0  # validation rows evaluated at each evaluation; 0 = all of them
     val_ratio: float = 0.05  # share of a raw source's records held out for validation (by content hash)
     pack: bool = False  # when preparing raw sources: concatenate short examples up to max_len (attention stays within each)
-    clean: CleanConfig = field(default_factory=CleanConfig)  # when preparing raw text: duplicates and quality rules
+    clean: CleanConfig = field(default_factory=CleanConfig)  # when preparing raw text: duplicate and quality rules (each source deduplicated on its own)
 
 
 @dataclass

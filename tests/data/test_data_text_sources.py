@@ -243,3 +243,11 @@ def test_clean_overrides_from_the_command_line_are_typed_and_name_the_key():
         with_overrides(CleanConfig(), ["near_dup=maybe"])
     with pytest.raises(ConfigError, match=r"clean.max_symbol_ratio must be in \[0, 1\]"):
         with_overrides(CleanConfig(), ["max_symbol_ratio=2"])
+
+
+def test_progress_line_shows_bytes_documents_rate_and_eta():
+    from parley.data.prepare import progress_line
+
+    assert progress_line("text:web.jsonl", 3456, 78, 25_000_000, 100_000_000, 10.0) == (
+        "text:web.jsonl: 25.0/100.0 MB (25%), 3,456 documents (78 skipped), 2.5 MB/s, ETA 0:00:30")
+    assert progress_line("chatterbot", 12, 0, 0, 0, 3.0) == "chatterbot: 12 documents"  # bytes unknown: counts only
