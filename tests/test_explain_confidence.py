@@ -40,3 +40,12 @@ def test_least_certain_ranks_by_probability_then_entropy():
     assert lines[1].split()[:3] == ["#3", "'c'", "10.0%"]
     assert lines[2].strip() == "instead: 'y' 20.0% · 'z' 20.0% · 'w' 20.0% · 'v' 20.0%"  # ln 5 nats > ln 2
     assert why_lines([]) == ["no token probabilities for this reply"]
+
+
+def test_a_token_that_released_no_text_is_named_by_its_alternative():
+    from parley.engine import Token
+
+    end = ReplyToken.of(Token(2, "", ln(0.7), [("<|im_end|>", ln(0.7)), (" It", ln(0.1))], [2, 9]), 4)
+    assert end.text == "" and end.piece == "<|im_end|>"
+    assert "'<|im_end|>'" in why_lines([end])[1]
+    assert ReplyToken.of(Token(5, " Paris", ln(0.9), [(" Paris", ln(0.9))], [5]), 0).piece is None

@@ -33,11 +33,15 @@ class ReplyToken:
     text: str  # the text it released ('' while a character or stop string was held back)
     logprob: float  # natural log of its probability under the model
     top: list[tuple[str, float]] = field(default_factory=list)  # the likeliest tokens there, best first
+    piece: str | None = None  # the token itself where it released no text (the end token, half a character)
 
     @classmethod
     def of(cls, token, index: int) -> ReplyToken:
         """From an `engine.Token`."""
-        return cls(index, token.text, token.logprob, list(token.top))
+        piece = None
+        if not token.text and token.id in token.top_ids:  # e.g. <|im_end|>: named by its alternatives' entry
+            piece = token.top[token.top_ids.index(token.id)][0]
+        return cls(index, token.text, token.logprob, list(token.top), piece)
 
     @property
     def probability(self) -> float:
@@ -84,7 +88,7 @@ def why_lines(tokens: list[ReplyToken], n: int = WHY_TOKENS) -> list[str]:
         return ["no token probabilities for this reply"]
     lines = [f"the {len(chosen)} least certain of {len(tokens)} tokens:"]
     for t in chosen:
-        lines.append(f"  #{t.index + 1:<4} {_shown(t.text):<16} {_percent(t.probability):>6}   "
+        lines.append(f"  #{t.index + 1:<4} {_shown(t.piece or t.text):<16} {_percent(t.probability):>6}   "
                      f"entropy {t.entropy:.2f} nats")
         lines.append("        instead: " + " · ".join(f"{_shown(text)} {_percent(probability(lp))}"
                                                    for text, lp in t.top[:ALTERNATIVES]))
