@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.parley-installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 
-.PHONY: system-deps test-deps bench-deps fuzz-deps install chat test test-fast bench check-gguf fuzz clean-venv
+.PHONY: system-deps test-deps bench-deps fuzz-deps clients-deps install chat test test-fast bench check-gguf fuzz check-clients clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -85,5 +85,22 @@ fuzz-deps: $(FUZZ_STAMP)
 fuzz: install fuzz-deps
 	HF_HUB_OFFLINE=1 FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED= $(BIN)/python -m pytest -q tests/serve/test_fuzz.py
 
+# Real clients (LangChain's ChatOpenAI, the `llm` CLI) against `parley serve` over the embedded model, in a
+# venv of their own (never a dependency of Parley): bench/clients.py starts the server and runs each
+# client's own API; prints JSON per check, fails if any failed. Not part of `make test` (PyPI, real model).
+CLIENTS_VENV  := .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.clients-installed
+CLIENTS       := langchain-openai==1.7.4 llm==0.36
+
+$(CLIENTS_STAMP): Makefile
+	@test -x $(CLIENTS_VENV)/bin/python || $(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install -q --disable-pip-version-check $(CLIENTS)
+	@touch $@
+
+clients-deps: $(CLIENTS_STAMP)
+
+check-clients: install clients-deps
+	HF_HUB_OFFLINE=1 $(CLIENTS_VENV)/bin/python bench/clients.py --parley $(BIN)/parley
+
 clean-venv:
-	rm -rf $(VENV) $(BENCH_VENV) $(FUZZ_VENV)
+	rm -rf $(VENV) $(BENCH_VENV) $(FUZZ_VENV) $(CLIENTS_VENV)

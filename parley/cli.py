@@ -78,6 +78,7 @@ def chat(
     device: str = DeviceOption,
     dtype: str = DtypeOption,
     compile: bool = CompileOption,
+    explain: bool = typer.Option(False, "--explain", help="With -p: then list the answer's least certain tokens, each with its top-5 alternatives."),
 ) -> None:
     """Talk to the assistant. Interactive in a terminal; one answer in plain text with -p or a pipe."""
     from parley.terminal import ChatOptions, run_chat
@@ -86,7 +87,7 @@ def chat(
                  json_schema=_schema_file(json_schema) if json_schema else None)
     options = ChatOptions(
         model=model, device=device, dtype=dtype, system=system, resume=resume, base_url=base_url,
-        params={k: v for k, v in flags.items() if v is not None}, compile=compile,
+        params={k: v for k, v in flags.items() if v is not None}, compile=compile, explain=explain,
     )
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()

@@ -68,7 +68,7 @@ def render(tokenizer, template: str, messages: list[dict], add_generation_prompt
            tools: list[dict] | None = None) -> str:
     """The prompt text for `messages` (and the `tools` offered), exactly as the model sees it."""
     extra = {}
-    if tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+    if tools or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages):
         if supports_tools(template):
             messages = [_with_call_objects(m) for m in messages]
             extra = {"tools": tools} if tools else {}

@@ -3,6 +3,13 @@
     parley chat                     interactive (Enter sends; Esc then Enter, or Alt+Enter, adds a line)
     parley chat -p "question"       one answer as plain text, for scripts and pipes
     parley chat --resume ID         continue a stored conversation (`parley history` lists them)
+    parley chat -p "q" --explain    the answer, then its least certain tokens with their alternatives
+
+Confidence (parley/explain/confidence.py): `/confidence` colours replies by each token's probability
+(green, yellow, orange, red: sure to unsure; shown as plain text rather than Markdown while on), and
+`/why` lists the last reply's least certain tokens, each with its top alternatives. The numbers are the
+engine's own, streamed with each token (interactive replies are always decoded with `ALTERNATIVES`
+alternatives, which changes no token, so /why works on any reply; -p asks for them only with --explain).
 
 The conversation itself (history, fit to the context window, stored turns) is a `session.Session`,
 the same one the server's conversations API uses; this module only draws it. Every turn is written
@@ -27,6 +34,7 @@ chunks loses its control characters (it is inert) but its printable rest may sho
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import sys
@@ -48,6 +56,7 @@ from parley import backend
 from parley.code_blocks import Block, last_blocks
 from parley.engine import Engine, SamplingParams
 from parley.errors import ConfigError, ParleyError
+from parley.explain.confidence import ALTERNATIVES, ReplyToken, bucket, why_lines
 from parley.files import write_atomic
 from parley.printable import plain, printable
 from parley.session import Session
@@ -67,6 +76,8 @@ HELP = [
     ("  /history            this conversation's turns, with their token counts and what no longer fits", ""),
     ("  /run [N]            run the latest reply's Python code blocks in order (or block N) in the sandbox", ""),
     ("  /copy [N] [FILE]    copy the latest reply's code block N (default: the last) to the clipboard, or to FILE", ""),
+    ("  /confidence         colour replies by how sure the model was of each token (again: off)", ""),
+    ('  /why ["TEXT"]       the last reply\'s least certain tokens and their alternatives; with TEXT: what drove it', ""),
     ("  /quit               leave (Ctrl-D works too)", ""),
     ("Keys", "bold"),
     ("  Enter sends · Esc then Enter (or Alt+Enter) adds a line · Ctrl-C stops a reply", ""),
@@ -100,6 +111,7 @@ class ChatOptions:
     params: dict = field(default_factory=dict)  # SamplingParams overrides from flags
     base_url: str | None = None  # the service for `openai:NAME` models (--base-url)
     compile: bool = False  # compile decode steps in the background (interactive chat only; compiled.py)
+    explain: bool = False  # -p: after the answer, list its least certain tokens (--explain)
 
 
 def open_session(engine: Engine, store: Store, options: ChatOptions) -> Session:
@@ -114,6 +126,8 @@ def run_chat(options: ChatOptions, once: str | None = None) -> None:
     # Check what the user typed before spending seconds on loading the model.
     if once is not None and not once.strip():
         raise ConfigError("the prompt is empty: pass some text with -p or on standard input")
+    if options.explain and once is None:
+        raise ConfigError("--explain goes with -p (one answer); in the interactive chat use /why and /confidence")
     SamplingParams().updated(**options.params)
     console = Console(stderr=True)
     with console.status(plain(f"loading {options.model}…"), spinner="dots"):
@@ -121,26 +135,30 @@ def run_chat(options: ChatOptions, once: str | None = None) -> None:
                               compile=options.compile and once is None)
     session = open_session(engine, Store(), options)
     if once is not None:
-        return _answer_once(session, once)
+        return _answer_once(session, once, explain=options.explain)
     _interactive(session, Console(highlight=False))
 
 
-def _answer_once(session: Session, question: str) -> None:
+def _answer_once(session: Session, question: str, explain: bool = False) -> None:
     question = question.strip()
     fitted = session.fit(session.turn(question))
     session.commit(question)
     if fitted.notice:
         print(f"parley: {fitted.notice}", file=sys.stderr)
-    reply = ""
+    reply, tokens = "", []
     try:
-        for token in session.engine.stream(fitted.messages, session.params):
+        params = _with_alternatives(session.params) if explain else session.params
+        for token in session.engine.stream(fitted.messages, params):
             reply += token.text
+            tokens.append(ReplyToken.of(token, len(tokens)))
             sys.stdout.write(printable(token.text))  # a chunk at a time: a cut sequence loses its ESC
             sys.stdout.flush()
     finally:
         sys.stdout.write("\n")
         if reply:
             session.add("assistant", reply)
+    if explain:
+        sys.stdout.write("\n" + printable("\n".join(why_lines(tokens))) + "\n")
 
 
 def _interactive(session: Session, console: Console) -> None:
@@ -150,6 +168,7 @@ def _interactive(session: Session, console: Console) -> None:
     from parley.config import parley_home
 
     prompt = PromptSession(history=FileHistory(str(_input_history(parley_home()))))
+    confidence = Confidence()
     resumed = f" · resumed {session.id} ({len(session.messages)} messages)" if session.messages else ""
     console.print(Text.assemble(
         ("parley", "bold"), plain(f" · {session.engine.spec} · {session.engine.context_window}-token context"
@@ -157,7 +176,7 @@ def _interactive(session: Session, console: Console) -> None:
     if session.messages:
         _show_recent(session, console)
     try:
-        _prompt_loop(session, console, prompt)
+        _prompt_loop(session, console, prompt, confidence)
     finally:
         if session.id:
             console.print(plain(f"conversation {session.id} is stored: continue it with "
@@ -180,7 +199,7 @@ def print_messages(console: Console, messages: list[dict]) -> None:
         console.print(markdown(m["content"]))
 
 
-def _prompt_loop(session: Session, console: Console, prompt) -> None:
+def _prompt_loop(session: Session, console: Console, prompt, confidence: Confidence) -> None:
     while True:
         try:
             text = prompt.prompt("you> ", multiline=False, key_bindings=_newline_keys())
@@ -193,16 +212,18 @@ def _prompt_loop(session: Session, console: Console, prompt) -> None:
             continue
         try:
             if text.startswith("/"):
-                if _command(session, console, text) == "quit":
+                if _command(session, console, text, confidence) == "quit":
                     break
             else:
-                _reply(session, console, text)
+                _reply(session, console, text, confidence)
         except ParleyError as e:
             console.print(Text.assemble(("error: ", "red"), plain(e)))
 
 
-def _reply(session: Session, console: Console, text: str) -> None:
+def _reply(session: Session, console: Console, text: str, confidence: Confidence | None = None) -> None:
+    confidence = confidence or Confidence()
     reply, stopped, stream = "", False, None
+    confidence.last = []
     thinking = Spinner("dots", Text("thinking…", style="dim"))
     # Drawn by Live's own thread ten times a second: the spinner turns from Enter on, and a fast
     # stream costs one Markdown render per frame, not one per token.
@@ -212,15 +233,16 @@ def _reply(session: Session, console: Console, text: str) -> None:
             session.commit(text)
             if fitted.notice:
                 console.print(plain(fitted.notice, "yellow"))
-            stream = session.engine.stream(fitted.messages, session.params)
+            stream = session.engine.stream(fitted.messages, _with_alternatives(session.params))
             for token in stream:
                 reply += token.text
-                live.update(markdown(reply))
+                confidence.last.append(ReplyToken.of(token, len(confidence.last)))
+                live.update(confidence.render(reply))
         except KeyboardInterrupt:
             stopped = True
             if stream is not None:
                 stream.close()
-        live.update(markdown(reply) if reply else Text(""), refresh=True)
+        live.update(confidence.render(reply) if reply else Text(""), refresh=True)
     if stopped:
         console.print(plain("(stopped)", "dim"))
     if reply:
@@ -260,7 +282,7 @@ def _mention_code(console: Console, reply: str) -> None:
         console.print(plain(f"code blocks: {listed} · /run [N] runs them · /copy [N] copies one", "dim"))
 
 
-def _command(session: Session, console: Console, line: str) -> str | None:
+def _command(session: Session, console: Console, line: str, confidence: Confidence | None = None) -> str | None:
     name, _, arg = line.partition(" ")
     arg = arg.strip()
     if name in ("/quit", "/exit"):
@@ -287,9 +309,59 @@ def _command(session: Session, console: Console, line: str) -> str | None:
         _run_code(session, console, arg)
     elif name == "/copy":
         _copy_code(session, console, arg)
+    elif name in ("/confidence", "/why"):
+        _confidence_command(console, name, arg, confidence or Confidence())
     else:
         raise ConfigError(f"unknown command {name}: /help lists the commands")
     return None
+
+
+# ---- Confidence: /confidence, /why, --explain (the maths is parley/explain/confidence.py) ----
+
+CONFIDENCE_STYLES = ("green", "yellow", "dark_orange", "bold red")  # colour buckets 0 (sure) .. 3 (unsure)
+
+
+@dataclass
+class Confidence:
+    """The chat's confidence view: whether replies are coloured by token probability, and the last reply's
+    tokens with their probabilities and alternatives (what /why reads)."""
+
+    colour: bool = False
+    last: list[ReplyToken] = field(default_factory=list)
+
+    def render(self, reply: str):
+        """The reply as drawn: Markdown, or (colouring on) its tokens coloured by their bucket."""
+        if not self.colour:
+            return markdown(reply)
+        return Text.assemble(*((printable(t.text), CONFIDENCE_STYLES[bucket(t.logprob)]) for t in self.last))
+
+
+def _with_alternatives(params: SamplingParams) -> SamplingParams:
+    """`params` asking the engine for each token's alternatives (what /why and --explain show)."""
+    return dataclasses.replace(params, top_logprobs=max(params.top_logprobs, ALTERNATIVES))
+
+
+def _confidence_command(console: Console, name: str, arg: str, confidence: Confidence) -> None:
+    if name == "/confidence":
+        confidence.colour = not confidence.colour
+        legend = Text.assemble(*((f" {label} ", style) for label, style in
+                                 zip((">=80%", ">=50%", ">=20%", "<20%"), CONFIDENCE_STYLES)))
+        console.print(Text.assemble(("confidence colouring on:", "dim"), legend) if confidence.colour
+                      else Text("confidence colouring off", style="dim"))
+        return
+    if arg:  # /why "text": attribution of a span of the reply to the prompt (parley/explain attribution)
+        _why_span(console, arg, confidence)
+        return
+    if not confidence.last:
+        raise ConfigError("/why explains the last reply: ask something first")
+    console.print(plain("\n".join(why_lines(confidence.last))))
+
+
+def _why_span(console: Console, quoted: str, confidence: Confidence) -> None:
+    """/why "text": which parts of the prompt drove that span of the last reply. The attribution itself is
+    parley/explain's (issue 13 part 2), wired in here; until then, say so."""
+    raise ConfigError('/why "text" (attribution to the prompt) is not available in this build: '
+                      "/why alone lists the least certain tokens")
 
 
 def _parse_assignments(text: str) -> dict[str, str]:

@@ -112,6 +112,30 @@ def parse_forced(text: str, name: str | None) -> list[dict] | None:
     return [new_call(c["name"], c["arguments"]) for c in (value if isinstance(value, list) else [value])]
 
 
+def salvage_calls(text: str) -> list[dict]:
+    """The complete, distinct calls at the start of a forced array reply cut short by the token limit.
+
+    Decoded under `forced_schema(parallel=True)`, the text is a valid JSON prefix `[{...}, {...}, {...`; a
+    small model may go on repeating a call until the limit. The calls it finished are kept, each once: the
+    same function with the same arguments twice in one reply is that loop, not a request."""
+    decoder, calls, seen = json.JSONDecoder(), [], set()
+    at = text.find("[") + 1
+    while at > 0:
+        while at < len(text) and text[at] in " \t\n\r,":
+            at += 1
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except ValueError:
+            break
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+            break
+        key = json.dumps([value["name"], value.get("arguments")], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            calls.append(new_call(value["name"], value.get("arguments", {})))
+    return calls
+
+
 def parse_reply(text: str) -> tuple[str, list[dict]]:
     """(content before the calls, calls) of a free reply; no calls when a block is not a {name, arguments} object."""
     start = text.find(OPEN)

@@ -53,3 +53,14 @@ def test_forced_replies_are_parsed_by_their_shape():
     pair = parse_forced('[{"name": "add", "arguments": {}}, {"name": "mul", "arguments": {"x": 2}}]', None)
     assert [c["function"]["name"] for c in pair] == ["add", "mul"]
     assert parse_forced('{"name": "add", "argu', None) is None  # cut short by max_tokens
+
+
+def test_a_cut_array_of_calls_keeps_the_finished_distinct_ones():
+    from parley.tools import salvage_calls
+
+    looped = '[{"name": "add", "arguments": {"a": 2, "b": 3}}, {"name": "add", "arguments": {"a": 2, "b": 3}}, ' \
+             '{"name": "mul", "arguments": {"a": 1}}, {"name": "add", "argu'
+    calls = salvage_calls(looped)
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == \
+        [("add", '{"a": 2, "b": 3}'), ("mul", '{"a": 1}')]
+    assert salvage_calls('[{"name": "add", "argu') == []

@@ -19,8 +19,11 @@ those sent with a message are saved to the conversation, so continuing it later 
 a `session.Session` turn, as in `parley chat`: the history goes through the rolling buffer (system
 prompt kept, oldest turns dropped first, room kept for the reply); the reply's first event says
 what was dropped. Replies stream as server-sent
-events: {"type": "start", "notice"}, {"type": "delta", "text"}..., {"type": "done", "finish_reason"}
-(or {"type": "error", "message"}). "done" is sent once the reply is stored, so a reply reported done
+events: {"type": "start", "notice"}, {"type": "delta", "text", "logprob", "top"}..., {"type": "done",
+"finish_reason"} (or {"type": "error", "message"}). Each delta is one token's text with the model's own
+log-probability of it and its `ALTERNATIVES` likeliest alternatives as [text, logprob] pairs (what the page's
+confidence colouring and hover show; parley/explain/confidence.py; null where unknown). A token that
+releases no text (half a character, a possible stop string) sends no delta: the one that releases it does. "done" is sent once the reply is stored, so a reply reported done
 survives a crash of the server. A reply cut short by the client (the page's Stop button) is stored as
 far as it got; the user's message is stored as soon as its reply has been queued.
 
@@ -50,6 +53,7 @@ import hmac
 from typing import Annotated, Literal
 import html
 import logging
+import math
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -60,6 +64,7 @@ from starlette.concurrency import run_in_threadpool
 
 from parley.engine import ParamError, SamplingParams
 from parley.errors import ParleyError
+from parley.explain.confidence import ALTERNATIVES
 from parley.session import Session
 from parley.store import ConversationChanged
 from parley.serve.api_errors import ApiError, translate
@@ -254,7 +259,7 @@ async def _reply(request: Request, cid: str, given: dict | None, streaming: bool
     except ParleyError:
         raise ApiError(400, "there is no user message to reply to", code="nothing_to_regenerate") from None
     fitted = await run_in_threadpool(session.fit, messages)
-    ticket = await submit(request, [(fitted.messages, params)])
+    ticket = await submit(request, [(fitted.messages, _with_alternatives(params))])
     try:  # queued: now the conversation says so
         if new_message is not None:
             await run_in_threadpool(session.commit, new_message)
@@ -277,6 +282,20 @@ async def _reply(request: Request, cid: str, given: dict | None, streaming: bool
     await run_in_threadpool(reply.save)
     return {"message": {"role": "assistant", "content": reply.text}, "finish_reason": reply.finish_reason,
             "notice": fitted.notice}
+
+
+def _with_alternatives(params: SamplingParams) -> SamplingParams:
+    """The reply decoded with each token's alternatives reported (changes no token; the stored params keep
+    what the client chose)."""
+    return dataclasses.replace(params, top_logprobs=max(params.top_logprobs, ALTERNATIVES))
+
+
+def _delta(text: str, token) -> dict:
+    """One streamed token: its text, logprob and alternatives (None where not finite: JSON has no NaN)."""
+    def number(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+    return {"type": "delta", "text": text, "logprob": number(token.logprob),
+            "top": [[alternative, number(lp)] for alternative, lp in token.top]}
 
 
 class _Reply:
@@ -305,10 +324,10 @@ class _Reply:
             yield sse({"type": "start", "notice": self.notice})
             for event in ([first] if first is not None else []):
                 if text := self.add(event):
-                    yield sse({"type": "delta", "text": text})
+                    yield sse(_delta(text, event.token))
             async for event in events:
                 if text := self.add(event):
-                    yield sse({"type": "delta", "text": text})
+                    yield sse(_delta(text, event.token))
             await run_in_threadpool(self.save)  # stored first: "done" promises the reply survives a crash
             yield sse({"type": "done", "finish_reason": self.finish_reason, "tokens": self.tokens})
         except Exception as e:

@@ -7,7 +7,9 @@ are read in the <tool_call> format. `tool_choice`:
     auto      the tools are shown; <tool_call> blocks in the reply become `tool_calls` (streamed text is
               held back from the first <tool_call> on)
     required  the reply is decoded under a schema of {name, arguments} for any tool (an array of them
-              when `parallel_tool_calls`, the default), so it always is a valid call
+              when `parallel_tool_calls`, the default), so it always is a valid call; an array cut short
+              by max_tokens keeps the calls it finished, each once (small models repeat a call until the
+              limit; LangChain's bind_tools(tool_choice="any") hit this)
     {"type": "function", "function": {"name": N}}  the reply is decoded under N's parameters: one call
 A reply with calls has `finish_reason: "tool_calls"`. Streamed, each call is sent as OpenAI sends
 it: a delta with its index, id, type and name, then its arguments in fragments.
@@ -101,7 +103,10 @@ class ToolPlan:
     def calls(self, text: str, finish_reason: str | None) -> tuple[str | None, list[dict]]:
         """(content, tool calls) of a finished reply. A forced reply cut short is returned as text."""
         if self.mode in ("required", "named"):
-            calls = fmt.parse_forced(text, self.name) if finish_reason == "stop" else None
+            if finish_reason == "stop":
+                calls = fmt.parse_forced(text, self.name)
+            else:  # cut short: an array of calls keeps those it finished (a small model may repeat one)
+                calls = fmt.salvage_calls(text) if self.schema.get("type") == "array" else None
             return (None, calls) if calls else (text, [])
         content, calls = fmt.parse_reply(text)
         return (content or None, calls) if calls else (text, [])

@@ -92,3 +92,41 @@ def test_bad_tool_requests_name_the_field(client, args, param):
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(**{**ARGS, "max_output_tokens": 4, **args})
     assert caught.value.body["param"] == param
+
+
+def test_a_streamed_reply_with_text_then_a_call_is_a_message_item_then_a_call_item():
+    """tool_choice auto, a model that writes a sentence and then a <tool_call> block (as Qwen2.5 does): the
+    sentence streams as a message item, the block never shows as text and becomes a function_call item. Driven
+    with the engine's own Event/Token values, since a random tiny model never writes such a block."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from parley.batching import Event
+    from parley.engine import Token
+    from parley.serve.responses_api import ResponsesRequest, _Reply
+    from parley.serve.responses_tools import ResponsesTools
+
+    body = ResponsesRequest.model_validate({"input": "2 + 3?", "tools": [ADD], "stream": True})
+    tools = ResponsesTools(body.tools, body.tool_choice, body.parallel_tool_calls)
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(served_name="tiny")))
+    reply = _Reply(request, body, tools)
+    pieces = ["Let me add. ", "<tool", "_call>\n", '{"name": "add", ', '"arguments": {"a": 2, "b": 3}}', "\n</tool_call>"]
+    events = [Event(0, Token(i, text, -0.1)) for i, text in enumerate(pieces)] + [Event(0, finish_reason="stop")]
+
+    async def run():
+        async def rest():
+            for event in events[1:]:
+                yield event
+        return [chunk async for chunk in reply.stream(events[0], rest())]
+    sent = "".join(asyncio.run(run()))
+    data = [json.loads(line[6:]) for line in sent.splitlines() if line.startswith("data: ")]
+    deltas = "".join(d["delta"] for d in data if d["type"] == "response.output_text.delta")
+    assert deltas.strip() == "Let me add." and "<tool" not in deltas
+    added = [d["item"]["type"] for d in data if d["type"] == "response.output_item.added"]
+    assert added == ["message", "function_call"]
+    call = next(d for d in data if d["type"] == "response.function_call_arguments.done")
+    assert json.loads(call["arguments"]) == {"a": 2, "b": 3} and call["output_index"] == 1
+    final = data[-1]["response"]["output"]
+    assert [item["type"] for item in final] == ["message", "function_call"]
+    assert final[0]["content"][0]["text"] == "Let me add." and final[1]["name"] == "add"
+    assert [d["sequence_number"] for d in data] == list(range(len(data)))

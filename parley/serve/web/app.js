@@ -6,7 +6,7 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const SETTINGS = ["temperature", "top_p", "max_new_tokens", "seed"];
-  const state = { cid: null, busy: false, abort: null, messages: [] };
+  const state = { cid: null, busy: false, abort: null, messages: [], confidence: false, pinned: false };
 
   // ---- HTTP -------------------------------------------------------------------------------
   function headers() {
@@ -254,12 +254,13 @@
     setBusy(true);
     showNotice("");
     const reply = addMessage("assistant", "");
+    reply.tokens = []; // each streamed token with its probability and alternatives (the confidence view)
     reply.box.classList.add("streaming");
     state.abort = new AbortController();
     let pending = false;
     const paint = () => {
       pending = false;
-      renderMarkdown(reply.body, reply.text);
+      paintReply(reply);
       scrollDown();
     };
     try {
@@ -271,6 +272,7 @@
         if (event.type === "start" && event.notice) showNotice(event.notice);
         else if (event.type === "delta") {
           reply.text += event.text;
+          reply.tokens.push({ text: event.text, logprob: event.logprob, top: event.top || [] });
           if (!pending) { pending = true; requestAnimationFrame(paint); }
         } else if (event.type === "error") throw new Error(event.message);
         else if (event.type === "done" && event.finish_reason === "length") showNotice("The reply reached its length limit.");
@@ -302,6 +304,108 @@
     showNotice("Error: " + e.message);
   }
 
+  // ---- Confidence: tokens coloured by probability, alternatives on hover or tap ----------------
+  // The numbers are the engine's own, sent with each streamed token (conversations_api.py); the buckets
+  // are parley/explain/confidence.py's (a test keeps the two lists equal). Stored replies loaded from
+  // the history carry no token data and stay Markdown.
+  const CONFIDENCE_BUCKETS = [0.8, 0.5, 0.2];
+
+  function confidenceBucket(logprob) {
+    if (logprob === null || logprob === undefined) return 0;
+    const p = Math.exp(logprob);
+    const i = CONFIDENCE_BUCKETS.findIndex((threshold) => p >= threshold);
+    return i === -1 ? CONFIDENCE_BUCKETS.length : i;
+  }
+
+  function percent(logprob) {
+    if (logprob === null || logprob === undefined) return "?";
+    const p = 100 * Math.exp(logprob);
+    return p >= 0.1 ? p.toFixed(1) + "%" : "<0.1%";
+  }
+
+  function paintReply(reply) {
+    if (state.confidence && reply.tokens) renderTokens(reply.body, reply.tokens);
+    else renderMarkdown(reply.body, reply.text);
+  }
+
+  function renderTokens(element, tokens) {
+    const holder = document.createElement("div");
+    holder.className = "tokens";
+    tokens.forEach((token, i) => {
+      const span = document.createElement("span");
+      span.className = "tok c" + confidenceBucket(token.logprob);
+      span.dataset.index = i;
+      if (token.logprob !== null && token.logprob !== undefined) span.dataset.logprob = token.logprob;
+      span.textContent = token.text; // untrusted: text, never markup
+      holder.append(span);
+    });
+    element.replaceChildren(holder);
+  }
+
+  function showAlternatives(span) {
+    const reply = state.messages.find((m) => m.body.contains(span));
+    const token = reply && reply.tokens && reply.tokens[span.dataset.index];
+    if (!token) return;
+    const box = $("alternatives");
+    const title = document.createElement("div");
+    title.className = "chosen";
+    title.textContent = JSON.stringify(token.text) + "  " + percent(token.logprob);
+    const list = document.createElement("ol");
+    for (const [text, logprob] of token.top) {
+      const item = document.createElement("li");
+      const word = document.createElement("code");
+      word.textContent = JSON.stringify(text);
+      const share = document.createElement("span");
+      share.textContent = percent(logprob);
+      item.append(word, share);
+      list.append(item);
+    }
+    box.replaceChildren(title, list);
+    box.hidden = false;
+    // Below the token, kept inside the window (phones are narrow).
+    const at = span.getBoundingClientRect();
+    const width = box.offsetWidth;
+    box.style.left = Math.max(4, Math.min(at.left, window.innerWidth - width - 4)) + "px";
+    const below = at.bottom + 4;
+    box.style.top = (below + box.offsetHeight > window.innerHeight ? at.top - box.offsetHeight - 4 : below) + "px";
+  }
+
+  function hideAlternatives() {
+    state.pinned = false;
+    $("alternatives").hidden = true;
+  }
+
+  function setConfidence(on) {
+    state.confidence = on;
+    localStorage.setItem("parley.confidence", on ? "1" : "0");
+    const button = $("toggle-confidence");
+    button.setAttribute("aria-pressed", String(on));
+    document.body.classList.toggle("confidence", on);
+    hideAlternatives();
+    for (const m of state.messages) if (m.tokens) paintReply(m);
+  }
+
+  function setupConfidence() {
+    $("toggle-confidence").addEventListener("click", () => setConfidence(!state.confidence));
+    const messages = $("messages");
+    messages.addEventListener("mouseover", (event) => {
+      if (event.target.classList.contains("tok") && !state.pinned) showAlternatives(event.target);
+    });
+    messages.addEventListener("mouseout", (event) => {
+      if (event.target.classList.contains("tok") && !state.pinned) hideAlternatives();
+    });
+    // A click or a tap pins the alternatives open (a phone has no hover) until a tap elsewhere.
+    messages.addEventListener("click", (event) => {
+      if (event.target.classList.contains("tok")) {
+        showAlternatives(event.target);
+        state.pinned = true;
+      } else hideAlternatives();
+    });
+    messages.addEventListener("scroll", hideAlternatives);
+    document.addEventListener("keydown", (event) => { if (event.key === "Escape") hideAlternatives(); });
+    setConfidence(localStorage.getItem("parley.confidence") === "1");
+  }
+
   // ---- Narrow windows: the conversation list slides over the chat -----------------------------
   function closeSidebar() {
     document.body.classList.remove("sidebar-open");
@@ -318,6 +422,7 @@
       boot().catch(reportError);
     });
     $("new-chat").addEventListener("click", newChat);
+    setupConfidence();
     $("toggle-settings").addEventListener("click", () => ($("settings").hidden = !$("settings").hidden));
     $("toggle-sidebar").addEventListener("click", () => {
       document.body.classList.add("sidebar-open");
