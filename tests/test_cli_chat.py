@@ -44,7 +44,8 @@ def spawn(*args) -> pexpect.spawn:
     # pexpect is a terminal that never answers cursor-position requests; say so instead of making
     # prompt_toolkit wait for one.
     env = dict(os.environ, TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1")
-    child = pexpect.spawn(PARLEY, list(args), env=env, encoding="utf-8", dimensions=(50, 120), timeout=240)
+    # 200 columns: the tmp paths the tests print (longer under pytest-xdist) must not wrap.
+    child = pexpect.spawn(PARLEY, list(args), env=env, encoding="utf-8", dimensions=(50, 200), timeout=240)
     child.expect(PROMPT)
     return child
 
