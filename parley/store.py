@@ -244,6 +244,26 @@ class Store:
             conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids[max(0, keep):]])
             return reply
 
+    def truncate(self, conversation_id: str, keep: int, last_id: int | None) -> int | None:
+        """Editing a message: in one transaction, delete every message after the first `keep`, only
+        while the conversation still ends with message `last_id` (else ConversationChanged and nothing
+        is touched). Returns the id of the last message kept (None: none kept)."""
+        with self._write() as conn:
+            ids = [row[0] for row in conn.execute(
+                "SELECT id FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))]
+            self._touch(conn, conversation_id)  # a deleted conversation is ConversationNotFound
+            if (ids[-1] if ids else None) != last_id:
+                raise ConversationChanged(conversation_id)
+            conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids[max(0, keep):]])
+            return ids[keep - 1] if keep > 0 else None
+
+    def stopped(self, conversation_id: str) -> list[bool]:
+        """Per message, in order: whether it is a reply stopped before its end (the page's Stop, the
+        chat's Ctrl-C), as its meta records."""
+        rows = self._rows("SELECT meta FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))
+        metas = [json.loads(meta) if meta else {} for (meta,) in rows]
+        return [bool(m.get("stopped")) or m.get("finish_reason") == "cancelled" for m in metas]
+
     def _insert(self, conn: sqlite3.Connection, conversation_id: str, role: str, content: str,
                 meta: dict | None) -> int:
         self._touch(conn, conversation_id)

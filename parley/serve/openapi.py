@@ -183,6 +183,7 @@ class Conversation(BaseModel):
 class StoredMessage(BaseModel):
     role: str
     content: str
+    stopped: bool | None = None  # present (true) on a reply stopped before its end
 
 
 class ConversationWithMessages(Conversation):
