@@ -39,6 +39,20 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from parley import __version__
+
+        print(f"parley {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    pass
+
 
 def default(config: type, name: str):
     """The default of the dataclass `config`'s field `name` (its default_factory called)."""
@@ -124,6 +138,41 @@ def history(
         show_conversation(conversation)
     else:
         show_history(limit)
+
+
+models_app = typer.Typer(help="What --model can load: list (the default) or rm NAME.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback()
+def models_list(
+    ctx: typer.Context,
+    runs: Path = typer.Option(Path("runs"), help="Where to look for training runs (each RUN_DIR with a final/)."),
+) -> None:
+    """The built-in model, Hugging Face cache models and finished runs: size, context window, chat template."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from parley.catalog import entries, human
+    from parley.printable import plain
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "KIND", "SIZE", "CONTEXT", "TEMPLATE", "NOTE"):
+        table.add_column(column, justify="right" if column in ("SIZE", "CONTEXT") else "left")
+    for e in entries(runs):
+        table.add_row(plain(e.name), e.kind, human(e.size) if e.size else "-", f"{e.context:,}" if e.context else "-",
+                      plain(e.template), plain(e.note))
+    Console(soft_wrap=True).print(table)
+
+
+@models_app.command("rm")
+def models_rm(name: str = typer.Argument(..., help="A hub id from `parley models`, or smollm2 (its unpacked copy).")) -> None:
+    """Remove a model from the cache (training runs are your directories: never removed)."""
+    from parley.catalog import remove
+
+    print(remove(name))
 
 
 data_app = typer.Typer(help="Prepare training data and look at it: prepare, stats, show.", no_args_is_help=True)

@@ -178,8 +178,11 @@ def _tokenizer(source: str, local_files_only: bool):
     return AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
 
 
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")  # in config.json
+
+
 def _context_window(config, tokenizer) -> int:
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+    for key in CONTEXT_KEYS:
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
             return value

@@ -46,6 +46,7 @@ class Session:
         self.messages: list[dict] = list(messages or [])
         self.last_id = last_id  # the store's id of the last message: what regenerating checks
         self.regenerating = False  # set by turn(None): the next answer replaces the last replies
+        self.editing: int | None = None  # set by turn(text, edit=i): commit() first cuts the history at i
 
     @classmethod
     def from_store(cls, engine: Engine, store: Store, cid: str, params: SamplingParams) -> Session:
@@ -72,10 +73,17 @@ class Session:
     def history(self) -> list[dict]:
         return self._system() + self.messages
 
-    def turn(self, text: str | None) -> list[dict]:
+    def turn(self, text: str | None, edit: int | None = None) -> list[dict]:
         """What the next reply answers: the history plus `text`, or (None: regenerate) the history up
-        to its last user message."""
+        to its last user message, or (edit=i) the history before user message i plus `text` in its place."""
         self.regenerating = text is None
+        self.editing = None
+        if edit is not None and text is not None:
+            if not (0 <= edit < len(self.messages) and self.messages[edit]["role"] == "user"):
+                raise ConfigError(f"message {edit} is not a user message of this conversation "
+                                  f"(it has {len(self.messages)} messages)")
+            self.editing = edit
+            return self._system() + self.messages[:edit] + [{"role": "user", "content": text}]
         if text is not None:
             return self.history() + [{"role": "user", "content": text}]
         keep = self._answered()
@@ -88,7 +96,13 @@ class Session:
         return self.engine.fit(self.history() if messages is None else messages, self.params.max_new_tokens)
 
     def commit(self, text: str) -> None:
-        """Store the user's `text` (once its reply is queued, so a failed request leaves no trace)."""
+        """Store the user's `text` (once its reply is queued, so a failed request leaves no trace);
+        after turn(text, edit=i), in place of message i and all that followed it (store.truncate:
+        ConversationChanged if the conversation moved on meanwhile)."""
+        if self.editing is not None and self.id:
+            self.last_id = self.store.truncate(self.id, self.editing, self.last_id)
+            self.messages = self.messages[:self.editing]
+            self.editing = None
         self.add("user", text)
 
     def answer(self, content: str, **meta) -> None:

@@ -315,6 +315,19 @@ class Store:
         count = conn.execute("SELECT COUNT(*) FROM versions WHERE message_id = ?", (new,)).fetchone()[0]
         conn.execute("UPDATE messages SET version = ? WHERE id = ?", (count, new))
 
+    def truncate(self, conversation_id: str, keep: int, last_id: int | None) -> int | None:
+        """Editing a message: in one transaction, delete every message after the first `keep`, only
+        while the conversation still ends with message `last_id` (else ConversationChanged and nothing
+        is touched). Returns the id of the last message kept (None: none kept)."""
+        with self._write() as conn:
+            ids = [row[0] for row in conn.execute(
+                "SELECT id FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,))]
+            self._touch(conn, conversation_id)  # a deleted conversation is ConversationNotFound
+            if (ids[-1] if ids else None) != last_id:
+                raise ConversationChanged(conversation_id)
+            conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids[max(0, keep):]])
+            return ids[keep - 1] if keep > 0 else None
+
     def _insert(self, conn: sqlite3.Connection, conversation_id: str, role: str, content: str,
                 meta: dict | None) -> int:
         self._touch(conn, conversation_id)
@@ -339,15 +352,19 @@ class Store:
 
     def replies(self, conversation_id: str) -> list[dict]:
         """The messages with their store ids; a reply with several versions also has `version`
-        (the one shown, 1-based) and `versions` (how many)."""
+        (the one shown, 1-based) and `versions` (how many); one stopped before its end (the page's Stop,
+        the chat's Ctrl-C) has `stopped: true`."""
         self.get(conversation_id)
-        rows = self._rows("SELECT m.id, m.role, m.content, m.version, (SELECT COUNT(*) FROM versions v "
+        rows = self._rows("SELECT m.id, m.role, m.content, m.meta, m.version, (SELECT COUNT(*) FROM versions v "
                           "WHERE v.message_id = m.id) FROM messages m WHERE m.conversation_id = ? ORDER BY m.id",
                           (conversation_id,))
         out = []
-        for mid, role, content, version, count in rows:
+        for mid, role, content, meta, version, count in rows:
+            meta = json.loads(meta) if meta else {}
+            stopped = bool(meta.get("stopped")) or meta.get("finish_reason") == "cancelled"
             out.append({"id": mid, "role": role, "content": content}
-                       | ({"version": version, "versions": count} if count > 1 else {}))
+                       | ({"version": version, "versions": count} if count > 1 else {})
+                       | ({"stopped": True} if stopped else {}))
         return out
 
     def versions(self, conversation_id: str, message_id: int) -> list[str]:

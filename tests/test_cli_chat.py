@@ -335,6 +335,7 @@ def test_chat_prints_untrusted_text_as_plain_text(scripted, tmp_path):
     assert f"bad {MARKUP}" in say(child, "please refuse")  # an error carrying markup
     assert "stop=['[/]']" in say(child, "/params stop=[/]")
     assert "unknown parameter '[bold]k[/]'" in say(child, "/params [bold]k[/]=1")
+    assert "cannot read nofile[/x]" in say(child, "/load nofile[/x]")  # a file name in an error
 
     title = f"Title {MARKUP}{ESCAPES}"
     # The program writes the escapes; its source (shown by `parley history ID`) holds them as hex.

@@ -161,3 +161,59 @@ def test_partial_cache_is_rebuilt_bit_identical_to_the_gguf(tmp_path, monkeypatc
     for name, tensor in cached.items():
         assert torch.equal(tensor, expected[name]), name
     assert os.access(path, os.R_OK)
+
+
+def fake_hub_cache(root, model, tokenizer, repo="org/tiny"):
+    """A Hugging Face cache holding `repo`, laid out as huggingface_hub writes it (blobs + snapshot links)."""
+    revision = "0" * 40
+    folder = root / f"models--{repo.replace('/', '--')}"
+    staging = root / "staging"
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (folder / "blobs").mkdir(parents=True)
+    (folder / "snapshots" / revision).mkdir(parents=True)
+    for i, file in enumerate(sorted(p for p in staging.iterdir() if p.is_file())):
+        blob = folder / "blobs" / f"{i:040d}"
+        shutil.move(file, blob)
+        (folder / "snapshots" / revision / file.name).symlink_to(blob)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(revision)
+    shutil.rmtree(staging)
+
+
+def test_parley_models_lists_removes_and_tells_the_version(tmp_path, embedded_tokenizer, embedded_dir):
+    import subprocess
+    import sys
+
+    from parley import __version__ as parley_version
+
+    parley = [sys.executable, "-c", "from parley.cli import main; main()"]
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), COLUMNS="200")
+    fake_hub_cache(tmp_path / "hub", tiny_llama(embedded_tokenizer), embedded_tokenizer)
+    plain_tokenizer = copy.deepcopy(embedded_tokenizer)
+    plain_tokenizer.chat_template = None
+    fake_hub_cache(tmp_path / "hub", tiny_gpt2(plain_tokenizer), plain_tokenizer, repo="org/plain")
+    (tmp_path / "hub" / "models--org--plain" / "snapshots" / ("0" * 40) / "chat_template.jinja").unlink(missing_ok=True)
+    final = tmp_path / "elsewhere" / "runs" / "mine" / "final"
+    final.mkdir(parents=True)
+    (final / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "smollm2"}))
+    (final / "chat_template.jinja").write_text(embedded_tokenizer.chat_template)
+    (final / "adapter_model.safetensors").write_bytes(b"\0" * 2_000_000)
+
+    listed = subprocess.run([*parley, "models"], capture_output=True, text=True, env=env, cwd=final.parents[2])
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert rows["smollm2"][1:] == ["built-in", *rows["smollm2"][2:4], "8,192", "chatml"]
+    assert rows["org/tiny"][1:3] == ["hub", "cache"] and rows["org/tiny"][5:] == ["256", "chatml"]
+    assert rows["org/plain"][5:] == [f"{tiny_gpt2(plain_tokenizer).config.n_positions:,}", "parley", "default"]
+    assert rows["runs/mine"][1:] == ["run", "2.0", "MB", "8,192", "chatml", "LoRA", "on", "smollm2"]
+
+    removed = subprocess.run([*parley, "models", "rm", "org/tiny"], capture_output=True, text=True, env=env)
+    assert removed.returncode == 0 and "removed org/tiny" in removed.stdout, removed.stderr
+    assert not (tmp_path / "hub" / "models--org--tiny").exists() and (tmp_path / "hub" / "models--org--plain").is_dir()
+    missing = subprocess.run([*parley, "models", "rm", "runs/mine"], capture_output=True, text=True, env=env)
+    assert missing.returncode == 2 and "not in the Hugging Face cache" in missing.stderr
+    assert final.is_dir()  # a run is never removed
+
+    version = subprocess.run([*parley, "--version"], capture_output=True, text=True, env=env)
+    assert version.stdout.strip() == f"parley {parley_version}"

@@ -54,7 +54,7 @@ def stats(directory: Path) -> dict:
             "loss_tokens": loss,
             "loss_share": round(loss / tokens, 4) if tokens else 0.0,
             "tokens_per_example": _summary(lengths),
-            "histogram": _histogram(lengths, manifest.settings.get("max_len") or max(lengths, default=1)),
+            "histogram": _histogram(lengths),
         }
     return {"dir": str(directory), "splits": splits, "sources": manifest.sources,
             "length_changes": manifest.length_changes, "tokenizer": manifest.tokenizer, "settings": manifest.settings}
@@ -81,10 +81,8 @@ def print_stats(directory: Path, console=None) -> None:
             bar = "█" * round(30 * n / peak)
             console.print(f"  {low:>6}-{high:<6} {bar} {n}")
     console.print()
-    for source in report["sources"]:
-        skipped = ", ".join(f"{k} {v}" for k, v in source.get("skipped", {}).items())
-        console.print(plain(f"{source['spec']}: {source['records']:,} records, {source['bad']} bad"
-                            + (f"; skipped: {skipped}" if skipped else "")))
+    for line in source_lines(report["sources"]):
+        console.print(plain(line))
     clean = report["settings"].get("clean")
     if clean is not None:  # only text: sources are cleaned; the rules are shown whatever the sources
         from parley.data.cleaning import CleanConfig
@@ -148,11 +146,29 @@ def _summary(lengths: list[int]) -> dict:
     return {"min": ordered[0], "median": ordered[len(ordered) // 2], "mean": round(sum(ordered) / len(ordered), 1), "max": ordered[-1]}
 
 
-def _histogram(lengths: list[int], top: int) -> list[tuple[int, int, int]]:
-    """(low, high, count) over BUCKETS equal ranges of 1..top."""
-    top = max(top, max(lengths, default=1))
-    width = max(1, -(-top // BUCKETS))
-    counts = [0] * (-(-top // width))
+def source_lines(sources: list[dict]) -> list[str]:
+    """Per source, and in total: records kept, and records left out with every reason (bad records
+    that --skip-bad dropped and those the reader skipped are all left out, so counted together)."""
+    lines, kept, left = [], 0, 0
+    for source in sources:
+        reasons = {**({"bad": source["bad"]} if source.get("bad") else {}), **source.get("skipped", {})}
+        out = sum(reasons.values())
+        kept, left = kept + source["records"], left + out
+        why = ", ".join(f"{k} {v:,}" for k, v in reasons.items())
+        lines.append(f"{source['spec']}: {source['records']:,} records kept" + (f", {out:,} left out ({why})" if out else ""))
+    if len(sources) > 1:
+        lines.append(f"total: {kept:,} records kept" + (f", {left:,} left out" if left else ""))
+    return lines
+
+
+def _histogram(lengths: list[int]) -> list[tuple[int, int, int]]:
+    """(low, high, count) over at most BUCKETS equal ranges spanning the data's own min..max (a span
+    over the whole context window left most rows empty)."""
+    if not lengths:
+        return []
+    low, high = min(lengths), max(lengths)
+    width = -(-(high - low + 1) // BUCKETS)
+    counts = [0] * (-(-(high - low + 1) // width))
     for n in lengths:
-        counts[min(len(counts) - 1, max(0, n - 1) // width)] += 1
-    return [(i * width + 1, (i + 1) * width, c) for i, c in enumerate(counts)]
+        counts[(n - low) // width] += 1
+    return [(low + i * width, min(high, low + (i + 1) * width - 1), c) for i, c in enumerate(counts)]

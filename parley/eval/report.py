@@ -138,6 +138,22 @@ def bar_chart(a: dict, b: dict, labels: tuple[str, str], path: str | Path) -> Pa
     return path
 
 
+def decimals(*values: object, significant: int = 4) -> int:
+    """Decimal places that give the largest of `values` `significant` digits: one precision for a
+    metric's before, after and change, so the change column reads as the values do."""
+    numbers = [abs(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if all(isinstance(v, int) for v in values if v is not None):
+        return 0
+    largest = max(numbers, default=0)
+    return max(0, significant - 1 - math.floor(math.log10(largest))) if largest else significant
+
+
+def _fixed(value: object, places: int, sign: bool = False) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return str(value)
+    return f"{value:{'+' if sign else ''}.{places}f}"
+
+
 def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -204,6 +220,7 @@ def show_comparison(before: str | Path, after: str | Path, chart: str | Path | N
     """Print the metrics of two results files as a table and write the bar chart; return its path."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from parley.printable import plain
 
@@ -214,8 +231,10 @@ def show_comparison(before: str | Path, after: str | Path, chart: str | Path | N
         table.add_column(heading, justify="left" if heading == "metric" else "right")
     for name, va, vb, delta, better in compare(a, b):
         style = "" if better is None or delta == 0 else ("green" if better else "red")
-        change = "" if delta is None else f"[{style}]{delta:+.4g}[/]" if style else f"{delta:+.4g}"
-        table.add_row(name, "—" if va is None else _fmt(va), "—" if vb is None else _fmt(vb), change)
+        places = decimals(va, vb)
+        shown = [("—" if v is None else _fixed(v, places)) for v in (va, vb)]
+        change = "" if delta is None else _fixed(delta, places, sign=True)
+        table.add_row(name, *shown, Text(change, style=style))
     console = Console()
     console.print(table)
     if a.get("kind") != b.get("kind"):

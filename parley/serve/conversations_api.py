@@ -5,7 +5,9 @@
     GET    /v1/conversations/{cid}             the conversation with its messages
     PATCH  /v1/conversations/{cid}             {title?, system?, params?}: rename, change settings
     DELETE /v1/conversations/{cid}
-    POST   /v1/conversations/{cid}/messages    {content, params?, stream?}: add a user message, reply
+    POST   /v1/conversations/{cid}/messages    {content, params?, stream?, edit?}: add a user message, reply
+                                               (edit: the index of a user message this one replaces,
+                                               with everything after it: the page's edit-and-resend)
     POST   /v1/conversations/{cid}/regenerate  {params?, stream?}: a new version of the last reply
     POST   /v1/conversations/{cid}/messages/{mid}/feedback   {rating: good|bad|null, note?}: thumbs
     PATCH  /v1/conversations/{cid}/messages/{mid}            {content, note?}: the user's rewrite of a reply
@@ -98,6 +100,7 @@ class Say(_Strict):
     content: str = Field(min_length=1, max_length=MAX_TEXT)
     params: dict | None = None
     stream: bool = True
+    edit: int | None = Field(None, ge=0, le=2**31)
 
 
 class Regenerate(_Strict):
@@ -192,7 +195,7 @@ def delete_conversation(cid: str, request: Request):
 @router.post("/v1/conversations/{cid}/messages")
 async def say(cid: str, body: Say, request: Request):
     """Add the user's message and reply to the conversation so far."""
-    return await _reply(request, cid, body.params, body.stream, new_message=body.content)
+    return await _reply(request, cid, body.params, body.stream, new_message=body.content, edit=body.edit)
 
 
 @router.post("/v1/conversations/{cid}/regenerate")
@@ -249,20 +252,26 @@ def _versions(request: Request, cid: str, mid: int) -> dict:
     return {"id": mid, "version": _message(request, cid, mid).get("version", 1), "data": texts}
 
 
-async def _reply(request: Request, cid: str, given: dict | None, streaming: bool, new_message: str | None):
+async def _reply(request: Request, cid: str, given: dict | None, streaming: bool, new_message: str | None,
+                 edit: int | None = None):
     store, state = _store(request), request.app.state
     conversation = await run_in_threadpool(store.get, cid)
     params = _checked_params(request, conversation.params, given)
     session = await run_in_threadpool(Session.from_store, state.engine, store, cid, params)
     try:
-        messages = session.turn(new_message)
-    except ParleyError:
+        messages = session.turn(new_message, edit)
+    except ParleyError as e:
+        if edit is not None:
+            raise ApiError(400, f"edit: {e}", param="edit") from None
         raise ApiError(400, "there is no user message to reply to", code="nothing_to_regenerate") from None
     fitted = await run_in_threadpool(session.fit, messages)
     ticket = await submit(request, [(fitted.messages, _with_alternatives(params))])
     try:  # queued: now the conversation says so
         if new_message is not None:
-            await run_in_threadpool(session.commit, new_message)
+            try:
+                await run_in_threadpool(session.commit, new_message)
+            except ConversationChanged as e:
+                raise ApiError(409, str(e), code="conversation_changed") from e
         if given:
             await run_in_threadpool(store.update, cid, params={**conversation.params, **given})
     except BaseException:

@@ -215,6 +215,7 @@ class ReplyVersions(BaseModel):
     id: int
     version: int = Field(description="The version shown (1-based).")
     data: list[str] = Field(description="Every version, oldest first.")
+    stopped: bool | None = None  # present (true) on a reply stopped before its end
 
 
 class ConversationWithMessages(Conversation):

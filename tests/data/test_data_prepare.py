@@ -134,6 +134,11 @@ def test_stats_and_show(tmp_path, corpus, chat_tokenizer):
     assert train["examples"] == manifest.splits["train"]["examples"]
     assert train["loss_share"] == round(manifest.splits["train"]["loss_tokens"] / manifest.splits["train"]["tokens"], 4)
     assert sum(n for _, _, n in train["histogram"]) == train["examples"]
+    # The rows span the data's own lengths (not the context window), so the first and last are used.
+    histogram, lengths = train["histogram"], train["tokens_per_example"]
+    assert (histogram[0][0], histogram[-1][1]) == (lengths["min"], lengths["max"])
+    assert histogram[0][2] and histogram[-1][2] and len(histogram) <= 10
+    assert all(high + 1 == low for (_, high, _), (low, _, _) in zip(histogram, histogram[1:]))
 
     row = datasets.load_from_disk(str(out))["train"][0]
     text = render_example(row["input_ids"], row["labels"], chat_tokenizer)
@@ -150,6 +155,19 @@ def test_stats_and_show(tmp_path, corpus, chat_tokenizer):
         show(out, 999, console=console)
     with pytest.raises(DataError, match="not a prepared dataset"):
         stats(tmp_path)
+
+
+def test_stats_totals_count_bad_and_skipped_records_as_left_out():
+    from parley.data.view import source_lines
+
+    assert source_lines([{"spec": "chatterbot", "records": 1200, "bad": 0, "skipped": {"malformed": 1}},
+                         {"spec": "a.jsonl", "records": 5, "bad": 2, "skipped": {}},
+                         {"spec": "b.jsonl", "records": 3, "bad": 0, "skipped": {}}]) == [
+        "chatterbot: 1,200 records kept, 1 left out (malformed 1)",
+        "a.jsonl: 5 records kept, 2 left out (bad 2)",
+        "b.jsonl: 3 records kept",
+        "total: 1,208 records kept, 3 left out",
+    ]
 
 
 def test_stats_and_show_print_file_names_as_written(tmp_path, chat_tokenizer):

@@ -69,6 +69,22 @@ def test_comparison_prints_model_names_as_written(tmp_path, capsys):
     assert "[/]base" in output and "[red]tuned" in output and "\x1b" not in output
 
 
+def test_comparison_gives_each_metric_one_precision(tmp_path, capsys):
+    from parley.eval.report import show_comparison
+
+    a, _ = write_results({"kind": "perplexity", "model": "base", "details": {},
+                          "metrics": {"pass@1": 0.1234, "perplexity": 12.3456, "bleu": 0.00012, "n": 164}}, tmp_path / "a.json")
+    b, _ = write_results({"kind": "perplexity", "model": "tuned", "details": {},
+                          "metrics": {"pass@1": 0.5, "perplexity": 10.5, "bleu": 0.000121, "n": 164}}, tmp_path / "b.json")
+    show_comparison(a, b, tmp_path / "c.png")
+    cells = [line.replace("│", " ").split() for line in capsys.readouterr().out.splitlines()]
+    rows = {c[0]: c[1:] for c in cells if c and c[0] in ("pass@1", "perplexity", "bleu", "n")}
+    assert rows["pass@1"] == ["0.1234", "0.5000", "+0.3766"]
+    assert rows["perplexity"] == ["12.35", "10.50", "-1.85"]
+    assert rows["bleu"] == ["0.0001200", "0.0001210", "+0.0000010"]  # never 1e-06 beside 0.0001
+    assert rows["n"] == ["164", "164", "+0"]
+
+
 def test_read_results_rejects_other_json(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(DataError, match="not a parley eval results file"):

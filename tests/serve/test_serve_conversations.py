@@ -130,6 +130,23 @@ def test_stop_keeps_the_partial_reply(long_api, tiny_loaded):
         time.sleep(0.05)
     stored = messages[-1]["content"]
     assert stored.startswith(shown) and full.startswith(stored) and len(stored) < len(full)
+    assert messages[-1]["stopped"] is True and "stopped" not in messages[0]  # the page marks it
+
+
+def test_editing_a_message_replaces_it_and_what_followed(api, tiny_loaded):
+    cid = new(api)
+    for text in ("first question", "second question"):
+        api.post(f"/v1/conversations/{cid}/messages", json={"content": text, "params": GREEDY, "stream": False})
+    edited = api.post(f"/v1/conversations/{cid}/messages",
+                      json={"content": "first, rephrased", "params": GREEDY, "stream": False, "edit": 0})
+    assert edited.status_code == 200, edited.text
+    expected = LocalEngine(tiny_loaded).generate([{"role": "user", "content": "first, rephrased"}], SamplingParams(**GREEDY))
+    assert api.get(f"/v1/conversations/{cid}").json()["messages"] == [
+        {"role": "user", "content": "first, rephrased"}, {"role": "assistant", "content": expected}]
+    for index in (1, 2, 99):  # a reply, or past the end: a 400 naming the field, and nothing changes
+        refused = api.post(f"/v1/conversations/{cid}/messages", json={"content": "x", "edit": index, "stream": False})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "edit", refused.text
+    assert len(api.get(f"/v1/conversations/{cid}").json()["messages"]) == 2
 
 
 @pytest.mark.parametrize("body, words", [

@@ -78,11 +78,14 @@ def test_chat_page_end_to_end(browser, web):
     page.wait_for_selector("#app:not([hidden])")
     assert page.is_hidden("#fallback")
     expect(page.locator("#model")).to_have_text("tiny")  # filled in by a request after load: wait for it
+    assert page.is_hidden("#regenerate")  # nothing to reply to again yet
 
     # Settings: a system prompt and seeded sampling, saved with the conversation.
     page.click("#toggle-settings")
     page.fill("#system", "You are terse.")
     page.fill("#temperature", "0.7")
+    page.fill("#top_k", "40")
+    page.fill("#repetition_penalty", "1.1")
     page.fill("#seed", "1")
     page.fill("#max_new_tokens", "24")
     page.click("#toggle-settings")
@@ -95,15 +98,17 @@ def test_chat_page_end_to_end(browser, web):
     assert code.inner_text().strip() == CODE
     assert page.locator(".message.user pre code .hljs-keyword").first.inner_text() == "def"
     # The label says "Copied" for 1.5 s; record it rather than race a loaded machine to read it.
-    page.evaluate("""() => { const b = document.querySelector('.message.user pre .copy'); window.labels = [];
+    page.evaluate("""() => { const b = document.querySelector('.message.user .codeblock .copy'); window.labels = [];
         new MutationObserver(() => window.labels.push(b.textContent)).observe(b, {childList: true}); }""")
-    page.locator(".message.user pre .copy").click()
+    page.locator(".message.user .codeblock .copy").click()
     page.wait_for_function("() => window.labels.includes('Copied')")
     assert page.evaluate("navigator.clipboard.readText()") == CODE
     cid = page.evaluate("location.hash").lstrip("#")
     stored = httpx.get(f"{url}/v1/conversations/{cid}").json()
     assert stored["system"] == "You are terse."
     assert stored["params"]["temperature"] == 0.7 and stored["params"]["seed"] == 1
+    assert stored["params"]["top_k"] == 40 and stored["params"]["repetition_penalty"] == 1.1
+    assert page.is_visible("#regenerate")
     reply = stored["messages"][-1]["content"]
     assert reply and stored["messages"][0]["content"] == QUESTION
     assert page.locator(".message.assistant").count() == 1
@@ -126,6 +131,7 @@ def test_chat_page_end_to_end(browser, web):
     assert partial["role"] == "assistant" and partial["content"]
     tokens = len(web[1].state.engine.loaded.tokenizer(partial["content"])["input_ids"])
     assert tokens < 800, "Stop did not stop the reply"
+    expect(page.locator(".message.assistant").nth(1).locator(".stopped-mark")).to_have_text("\u25A0 stopped")
 
     # Regenerate replaces the last reply.
     page.click("#toggle-settings")
@@ -143,10 +149,13 @@ def test_chat_page_end_to_end(browser, web):
     assert page.locator(f"#conversations li[data-id='{cid}'] .open").inner_text().startswith("Explain this code")
     page.wait_for_function("() => document.querySelectorAll('.message').length === 4")
 
-    # Rename and delete through the list's buttons (the browser's own prompt and confirm dialogs).
-    page.once("dialog", lambda dialog: dialog.accept("Adding numbers"))
+    expect(page.locator(".message.assistant").nth(1).locator(".stopped-mark")).to_have_count(0)  # regenerated whole
+
+    # Rename in the list itself (no window.prompt), and delete (the browser's confirm dialog).
     page.click(f"#conversations li[data-id='{cid}'] .rename")
-    page.wait_for_function(f"() => document.querySelector(\"#conversations li[data-id='{cid}'] .open\")"
+    page.fill(f"#conversations li[data-id='{cid}'] .rename-input", "Adding numbers")
+    page.press(f"#conversations li[data-id='{cid}'] .rename-input", "Enter")
+    page.wait_for_function(f"() => document.querySelector(\"#conversations li[data-id='{cid}'] .open\")?"
                            ".textContent === 'Adding numbers'")
     assert httpx.get(f"{url}/v1/conversations/{cid}").json()["title"] == "Adding numbers"
 
@@ -194,6 +203,71 @@ print("kept")
 <iframe src="http://evil.invalid/frame"></iframe>
 <svg><style>*{color:red}</style></svg>
 <a href="javascript:alert(1)">click</a>"""
+
+
+LONG_LINE = "result = compute(" + ", ".join(f"argument_{i}" for i in range(30)) + ")"
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1280, "height": 900}, {"width": 390, "height": 844}],
+                         ids=["desktop", "phone"])
+def test_page_keeps_composer_code_and_reading_place_at_any_size(browser, web, viewport):
+    url, app = web
+    store = app.state.store
+    cid = httpx.post(f"{url}/v1/conversations", json={"params": {"max_new_tokens": 150, "seed": 1}}).json()["id"]
+    store.add_message(cid, "user", "Show me a long line")
+    store.add_message(cid, "assistant", f"Here:\n\n```python\n{LONG_LINE}\n```\n")
+    for i in range(12):  # enough to scroll
+        store.add_message(cid, "user", f"question {i}")
+        store.add_message(cid, "assistant", "an answer\n\n" * 4)
+    store.rename(cid, f"Long line demo {viewport['width']}")  # the module's server has the other size's too
+
+    ctx, page, errors = open_page(browser, f"{url}/#{cid}", viewport=viewport)
+    page.wait_for_function("() => document.querySelectorAll('.message').length === 26")
+    # The composer and Send are on screen, whole.
+    for element in ("#input", "#send"):
+        box = page.locator(element).bounding_box()
+        assert box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"], (element, box)
+    # The Copy button sits in the block's header, not over the code: the code keeps the block's full
+    # width and scrolls sideways to show the long line's end.
+    block = page.locator(".message.assistant .codeblock").first
+    pre, button = block.locator("pre").bounding_box(), block.locator(".copy").bounding_box()
+    assert button["y"] + button["height"] <= pre["y"]
+    widths = block.locator("pre").evaluate("p => [p.clientWidth, p.querySelector('code').offsetWidth, p.scrollWidth]")
+    assert widths[1] >= widths[0] and widths[2] > widths[0]
+    assert block.locator("pre code").inner_text().strip() == LONG_LINE
+
+    # Scrolled up while a reply streams: the page stays where the reader is.
+    page.fill("#input", "Tell me everything.")
+    page.press("#input", "Enter")
+    page.wait_for_function("() => (document.querySelector('.message.streaming .body') || {}).textContent?.length > 5")
+    page.evaluate("document.querySelector('#messages').scrollTop = 0")
+    wait_reply_done(page, 14)  # every later token, and the last paint, left the reader where they were
+    assert page.evaluate("document.querySelector('#messages').scrollTop") == 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"web-{viewport['width']}-scrolled.png"))
+
+    # Edit and resend the first question: it and everything after it are replaced.
+    page.locator(".message.user .edit").first.click()
+    page.fill(".message.user .editor textarea", "Show me a short line")
+    page.press(".message.user .editor textarea", "Enter")
+    wait_reply_done(page, 1)
+    page.wait_for_function(
+        f"() => fetch('/v1/conversations/{cid}').then(r => r.json()).then(c => c.messages.length === 2)")
+    stored = httpx.get(f"{url}/v1/conversations/{cid}").json()["messages"]
+    assert stored[0]["content"] == "Show me a short line" and page.locator(".message").count() == 2
+
+    # The list: grouped by date, searchable.
+    if viewport["width"] < 720:
+        page.click("#toggle-sidebar")
+    expect(page.locator("#conversations li.group").first).to_have_text("Today")
+    page.fill("#search", f"long DEMO {viewport['width']}")
+    expect(page.locator("#conversations li[data-id]")).to_have_count(1)
+    page.fill("#search", "no such words")
+    expect(page.locator("#conversations li[data-id]")).to_have_count(0)
+    expect(page.locator("#conversations")).to_contain_text("No conversation matches")
+    assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+    assert errors == []
+    ctx.close()
 
 
 def test_hostile_markup_in_a_stored_reply_stays_harmless_under_the_csp(browser, web):
@@ -291,7 +365,7 @@ def test_real_model_reply_has_a_highlighted_code_block(browser, embedded_model, 
         block = page.locator(".message.assistant pre code.hljs")
         assert "def " in block.first.inner_text()
         assert page.locator(".message.assistant pre .hljs-keyword").count() >= 1
-        assert page.locator(".message.assistant pre .copy").count() >= 1
+        assert page.locator(".message.assistant .codeblock .copy").count() >= 1
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web-real-model.png"))
         assert errors == []

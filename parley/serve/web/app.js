@@ -5,8 +5,9 @@
 
 (() => {
   const $ = (id) => document.getElementById(id);
-  const SETTINGS = ["temperature", "top_p", "max_new_tokens", "seed"];
-  const state = { cid: null, busy: false, abort: null, messages: [], confidence: false, pinned: false };
+  const SETTINGS = ["temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "seed"];
+  const INTEGERS = ["top_k", "max_new_tokens", "seed"];
+  const state = { cid: null, busy: false, abort: null, messages: [], list: [], confidence: false, pinned: false };
 
   // ---- HTTP -------------------------------------------------------------------------------
   function headers() {
@@ -90,13 +91,28 @@
     element.innerHTML = DOMPurify.sanitize(marked.parse(text, { gfm: true, breaks: false }), SAFE_MARKDOWN);
     for (const code of element.querySelectorAll("pre > code")) {
       hljs.highlightElement(code);
-      const button = document.createElement("button");
-      button.className = "copy";
-      button.type = "button";
-      button.textContent = "Copy";
-      button.addEventListener("click", () => copy(code.textContent.replace(/\n$/, ""), button));
-      code.parentElement.prepend(button);
+      frameCode(code);
     }
+  }
+
+  // A code block gets a header bar with its language and a Copy button, above the code rather than
+  // floating over it, so the button never narrows the block or hides the end of a long line.
+  function frameCode(code) {
+    const pre = code.parentElement;
+    const frame = document.createElement("div");
+    frame.className = "codeblock";
+    const head = document.createElement("div");
+    head.className = "code-head";
+    const language = document.createElement("span");
+    language.textContent = ((code.className.match(/language-([\w+#-]+)/) || [])[1]) || "code";
+    const button = document.createElement("button");
+    button.className = "copy";
+    button.type = "button";
+    button.textContent = "Copy";
+    button.addEventListener("click", () => copy(code.textContent.replace(/\n$/, ""), button));
+    head.append(language, button);
+    pre.replaceWith(frame);
+    frame.append(head, pre);
   }
 
   async function copy(text, button) {
@@ -125,14 +141,95 @@
     box.append(who, body);
     $("messages").append(box);
     renderMarkdown(body, text);
-    state.messages.push({ role, text, body, box });
+    const entry = { role, text, body, box };
+    state.messages.push(entry);
+    if (role === "user") addEditButton(entry);
     scrollDown();
-    return state.messages[state.messages.length - 1];
+    showRegenerate();
+    return entry;
   }
 
   function scrollDown() {
     const list = $("messages");
     list.scrollTop = list.scrollHeight;
+  }
+
+  // While a reply streams, follow it only if the reader is at the bottom: someone who scrolled up
+  // to read back stays where they are.
+  function atBottom() {
+    const list = $("messages");
+    return list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  }
+
+  function markStopped(entry) {
+    const mark = document.createElement("div");
+    mark.className = "stopped-mark";
+    mark.textContent = "\u25A0 stopped";
+    mark.title = "This reply was stopped before its end";
+    entry.box.append(mark);
+  }
+
+  // Regenerate needs a question to answer again: none on an empty chat.
+  function showRegenerate() {
+    $("regenerate").hidden = !state.messages.some((m) => m.role === "user");
+  }
+
+  // ---- Edit and resend: a user message becomes a text box; sending it replaces that message and
+  // everything after it (the server's `edit`), as in ChatGPT.
+  function addEditButton(entry) {
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "icon edit";
+    button.title = "Edit and resend";
+    button.setAttribute("aria-label", "Edit and resend");
+    button.textContent = "\u270E";
+    button.addEventListener("click", () => startEdit(entry));
+    actions.append(button);
+    entry.box.append(actions);
+  }
+
+  function startEdit(entry) {
+    if (state.busy || entry.box.querySelector(".editor")) return;
+    const editor = document.createElement("form");
+    editor.className = "editor";
+    const area = document.createElement("textarea");
+    area.value = entry.text;
+    area.rows = Math.min(12, entry.text.split("\n").length + 1);
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.textContent = "Cancel";
+    const save = document.createElement("button");
+    save.type = "submit";
+    save.className = "primary";
+    save.textContent = "Send";
+    const buttons = document.createElement("div");
+    buttons.className = "buttons";
+    buttons.append(cancel, save);
+    editor.append(area, buttons);
+    entry.body.hidden = true;
+    entry.box.append(editor);
+    area.focus();
+    const close = () => { editor.remove(); entry.body.hidden = false; };
+    cancel.addEventListener("click", close);
+    area.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") close();
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); editor.requestSubmit(); }
+    });
+    editor.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const text = area.value.trim();
+      if (!text || state.busy) return;
+      resend(entry, text).catch(reportError);
+    });
+  }
+
+  async function resend(entry, text) {
+    const index = state.messages.indexOf(entry);
+    for (const m of state.messages.splice(index)) m.box.remove();
+    addMessage("user", text);
+    await stream("/v1/conversations/" + state.cid + "/messages", { content: text, params: params(), edit: index });
   }
 
   function showNotice(text) {
@@ -143,33 +240,72 @@
   // ---- Conversations ------------------------------------------------------------------------
   async function loadList() {
     const { data } = await api("GET", "/v1/conversations?limit=100");
+    state.list = data;
+    renderList();
+  }
+
+  // The list, filtered by the search box (title words, any case) and grouped by when each
+  // conversation last changed: Today, Yesterday, Previous 7 days, Previous 30 days, then months.
+  function renderList() {
     const list = $("conversations");
+    const words = $("search").value.toLowerCase().split(/\s+/).filter(Boolean);
     list.replaceChildren();
-    for (const c of data) {
-      const item = document.createElement("li");
-      item.dataset.id = c.id;
-      item.className = c.id === state.cid ? "current" : "";
+    let group = null;
+    for (const c of state.list) {
       if (c.id === state.cid) $("title").textContent = c.title || "Parley";
-      const open = document.createElement("button");
-      open.className = "open";
-      open.textContent = c.title || "(untitled)";
-      open.title = c.title;
-      open.addEventListener("click", () => openConversation(c.id));
-      const rename = document.createElement("button");
-      rename.className = "icon rename";
-      rename.title = "Rename";
-      rename.setAttribute("aria-label", "Rename");
-      rename.textContent = "\u270E";
-      rename.addEventListener("click", () => renameConversation(c));
-      const remove = document.createElement("button");
-      remove.className = "icon delete";
-      remove.title = "Delete";
-      remove.setAttribute("aria-label", "Delete");
-      remove.textContent = "\u2715";
-      remove.addEventListener("click", () => deleteConversation(c));
-      item.append(open, rename, remove);
-      list.append(item);
+      const title = (c.title || "").toLowerCase();
+      if (!words.every((w) => title.includes(w))) continue;
+      const when = dateGroup(c.updated_at);
+      if (when !== group) {
+        const heading = document.createElement("li");
+        heading.className = "group";
+        heading.textContent = group = when;
+        list.append(heading);
+      }
+      list.append(listItem(c));
     }
+    if (!list.children.length && words.length) {
+      const none = document.createElement("li");
+      none.className = "group";
+      none.textContent = "No conversation matches";
+      list.append(none);
+    }
+  }
+
+  function dateGroup(seconds) {
+    const day = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
+    const then = new Date(seconds * 1000);
+    const days = Math.round((day(new Date()) - day(then)) / 86400000);
+    if (days <= 0) return "Today";
+    if (days === 1) return "Yesterday";
+    if (days < 7) return "Previous 7 days";
+    if (days < 30) return "Previous 30 days";
+    return then.toLocaleDateString(undefined, { year: "numeric", month: "long" });
+  }
+
+  function listItem(c) {
+    const item = document.createElement("li");
+    item.dataset.id = c.id;
+    item.className = c.id === state.cid ? "current" : "";
+    const open = document.createElement("button");
+    open.className = "open";
+    open.textContent = c.title || "(untitled)";
+    open.title = (c.title || "(untitled)") + " \u00B7 " + new Date(c.updated_at * 1000).toLocaleString();
+    open.addEventListener("click", () => openConversation(c.id));
+    const rename = document.createElement("button");
+    rename.className = "icon rename";
+    rename.title = "Rename";
+    rename.setAttribute("aria-label", "Rename");
+    rename.textContent = "\u270E";
+    rename.addEventListener("click", () => renameInPlace(item, c));
+    const remove = document.createElement("button");
+    remove.className = "icon delete";
+    remove.title = "Delete";
+    remove.setAttribute("aria-label", "Delete");
+    remove.textContent = "\u2715";
+    remove.addEventListener("click", () => deleteConversation(c));
+    item.append(open, rename, remove);
+    return item;
   }
 
   async function openConversation(cid) {
@@ -182,7 +318,10 @@
     for (const key of SETTINGS) if (key in c.params) $(key).value = c.params[key] ?? "";
     $("messages").replaceChildren();
     state.messages = [];
-    for (const m of c.messages) addMessage(m.role, m.content);
+    for (const m of c.messages) {
+      const entry = addMessage(m.role, m.content);
+      if (m.stopped) markStopped(entry);
+    }
     showNotice("");
     closeSidebar();
     await loadList();
@@ -195,18 +334,38 @@
     history.replaceState(null, "", location.pathname);
     $("title").textContent = "Parley";
     $("messages").replaceChildren();
+    showRegenerate();
     showNotice("");
     closeSidebar();
     loadList().catch(reportError);
     $("input").focus();
   }
 
-  async function renameConversation(c) {
-    const title = prompt("Rename conversation", c.title);
-    if (title === null) return;
-    await api("PATCH", "/v1/conversations/" + c.id, { title });
-    if (c.id === state.cid) $("title").textContent = title || "Parley";
-    await loadList();
+  // Rename in the list itself: the title becomes a text box; Enter (or leaving it) saves, Escape cancels.
+  function renameInPlace(item, c) {
+    const input = document.createElement("input");
+    input.className = "rename-input";
+    input.value = c.title || "";
+    input.setAttribute("aria-label", "New title");
+    item.replaceChildren(input);
+    input.focus();
+    input.select();
+    let done = false;
+    const finish = async (save) => {
+      if (done) return;
+      done = true;
+      const title = input.value.trim();
+      if (save && title !== (c.title || "")) {
+        await api("PATCH", "/v1/conversations/" + c.id, { title });
+        if (c.id === state.cid) $("title").textContent = title || "Parley";
+      }
+      await loadList();
+    };
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") finish(true).catch(reportError);
+      if (event.key === "Escape") finish(false).catch(reportError);
+    });
+    input.addEventListener("blur", () => finish(true).catch(reportError));
   }
 
   async function deleteConversation(c) {
@@ -221,7 +380,7 @@
     const p = {};
     for (const key of SETTINGS) {
       const raw = $(key).value.trim();
-      if (raw !== "") p[key] = key === "seed" || key === "max_new_tokens" ? parseInt(raw, 10) : parseFloat(raw);
+      if (raw !== "") p[key] = INTEGERS.includes(key) ? parseInt(raw, 10) : parseFloat(raw);
       else if (key === "seed") p.seed = null;
     }
     return p;
@@ -257,11 +416,12 @@
     reply.tokens = []; // each streamed token with its probability and alternatives (the confidence view)
     reply.box.classList.add("streaming");
     state.abort = new AbortController();
-    let pending = false;
+    let pending = false, stopped = false;
     const paint = () => {
       pending = false;
+      const follow = atBottom();
       paintReply(reply);
-      scrollDown();
+      if (follow) scrollDown();
     };
     try {
       const response = await fetch(path, {
@@ -278,11 +438,13 @@
         else if (event.type === "done" && event.finish_reason === "length") showNotice("The reply reached its length limit.");
       }
     } catch (e) {
-      if (e.name !== "AbortError") reportError(e);
+      if (e.name === "AbortError") stopped = true;
+      else reportError(e);
     } finally {
       paint();
       reply.box.classList.remove("streaming");
       if (!reply.text) { reply.box.remove(); state.messages.pop(); }
+      else if (stopped) markStopped(reply);
       state.abort = null;
       setBusy(false);
       loadList().catch(reportError);
@@ -416,6 +578,7 @@
     marked.use({ gfm: true, renderer: RENDERER });
     $("fallback").hidden = true;
     $("app").hidden = false;
+    showRegenerate();
     $("api-key").value = localStorage.getItem("parley.key") || "";
     $("api-key").addEventListener("change", () => {
       localStorage.setItem("parley.key", $("api-key").value.trim());
@@ -429,6 +592,7 @@
       $("scrim").hidden = false;
     });
     $("scrim").addEventListener("click", closeSidebar);
+    $("search").addEventListener("input", renderList);
     $("system").addEventListener("change", () => saveSystem().catch(reportError));
     $("stop").addEventListener("click", stop);
     $("regenerate").addEventListener("click", () => regenerate().catch(reportError));
