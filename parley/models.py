@@ -49,8 +49,6 @@ def load(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto") -
         raise ConfigError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    import torch
-
     torch_device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, torch_device)
     _quiet_transformers()

@@ -88,7 +88,7 @@ class Monitor:
 
 def _progress_bar():
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
         TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
