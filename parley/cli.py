@@ -2,6 +2,7 @@
 
     parley chat [-p "question"] [--model smollm2] [--resume ID]
     parley history [ID]
+    parley explain [ID | --jsonl FILE | --prompt TEXT] [--out why.json]
 
 Library errors (ParleyError) become one line on stderr and exit status 2; anything else is a bug
 and keeps its traceback.
@@ -29,6 +30,7 @@ from parley.eval.code import CodeEvalConfig
 from parley.eval.completions import GenerationConfig
 from parley.eval.dialogue import DialogueConfig
 from parley.eval.perplexity import PerplexityConfig
+from parley.explain.config import ExplainConfig
 from parley.tokenizer_train import TokenizerTrainConfig
 
 app = typer.Typer(
@@ -386,6 +388,55 @@ def export(
     from parley.train.export import export as export_model
 
     print(export_model(source, out, merge_lora=merge_lora, format=format, quant=quant))
+
+
+@app.command()
+def explain(
+    conversation: Optional[str] = typer.Argument(None, help="A stored conversation (id or prefix): explain its last reply."),
+    jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="A JSONL file of {\"messages\": [...]}: explain one record."),
+    record: int = typer.Option(1, "--record", help="With --jsonl: which line (1-based)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Ask this, then explain the model's (greedy) reply."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="With --prompt: a system prompt."),
+    model: str = ModelOption,
+    method: str = typer.Option(",".join(default(ExplainConfig, "methods")), "--method",
+                               help="Comma-separated: gradient_x_input (gxi), integrated_gradients (ig), occlusion."),
+    steps: int = typer.Option(default(ExplainConfig, "steps"), help="Integrated gradients: interpolation points."),
+    span: Optional[str] = typer.Option(None, "--span", help="Explain only this piece of the reply (quoted exactly)."),
+    contrast: Optional[str] = typer.Option(None, "--contrast", help="Also: why the span and not this text."),
+    max_new_tokens: int = typer.Option(256, help="With --prompt or a record without a reply: reply length limit."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write PATH.json, PATH.html (heatmap) and PATH.png."),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+) -> None:
+    """Which prompt tokens, lines and messages made the model say its reply (attribution), and how sure it was."""
+    from parley.explain.config import method_names
+
+    given = [name for name, value in (("CONVERSATION", conversation), ("--jsonl", jsonl), ("--prompt", prompt))
+             if value is not None]
+    if len(given) != 1:
+        raise ConfigError("give one of CONVERSATION (a stored id), --jsonl FILE or --prompt TEXT"
+                          + (f", not {' and '.join(given)}" if given else ""))
+    config = ExplainConfig(methods=method_names(method), steps=steps, rows=out is not None)
+    from parley import backend
+    from parley.explain import cases
+    from parley.explain.export import summary, write_all
+
+    if prompt is not None:
+        messages, reply = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}], None
+    elif jsonl is not None:
+        messages, reply = cases.from_jsonl(jsonl, record)
+    else:
+        from parley.store import Store
+
+        messages, reply = cases.from_store(Store(), conversation)
+    loaded = backend.local(model, device=device, dtype=dtype, purpose="attribution")
+    document = cases.run(loaded, messages, reply, config, contrast, span, max_new_tokens)
+    from parley.printable import printable
+
+    print(printable(summary(document)))
+    if out is not None:
+        print("\n".join(str(p) for p in write_all(document, out)))
 
 
 @app.command()
