@@ -29,6 +29,7 @@ from parley.errors import ConfigError, ParleyError
 from parley.eval.code import CodeEvalConfig
 from parley.eval.completions import GenerationConfig
 from parley.eval.dialogue import DialogueConfig
+from parley.eval.explain import ExplainEvalConfig
 from parley.eval.perplexity import PerplexityConfig
 from parley.explain.config import ExplainConfig
 from parley.tokenizer_train import TokenizerTrainConfig
@@ -335,6 +336,41 @@ def eval_dialogue(
     config = DialogueConfig(split=split, limit=limit, max_new_tokens=max_new_tokens, batch=batch)
     engine = _eval_engine(model, base_url, device, dtype)
     _print_results(*evaluate(engine, model, source, config, out or default_out("dialogue", model)))
+
+
+@eval_app.command("explain")
+def eval_explain(
+    cases: list[str] = typer.Option(list(default(ExplainEvalConfig, "cases")), "--cases", help="humaneval, dialogues (held out), or a JSONL file of {messages} (repeatable)."),
+    model: str = ModelOption,
+    method: str = typer.Option(",".join(default(ExplainEvalConfig, "methods")), "--method", help="Attribution methods to test: gxi, ig, occlusion (comma-separated)."),
+    limit: int = typer.Option(default(ExplainEvalConfig, "limit"), help="At most this many cases from each set (0 = all)."),
+    bins: str = typer.Option(",".join(map(str, default(ExplainEvalConfig, "bins"))), help="Shares of the prompt's content tokens removed or kept."),
+    random_draws: int = typer.Option(default(ExplainEvalConfig, "random_draws"), help="Random choices per case and share (the baseline)."),
+    steps: int = typer.Option(default(ExplainEvalConfig, "steps"), help="Integrated gradients' interpolation points."),
+    max_new_tokens: int = typer.Option(default(ExplainEvalConfig, "max_new_tokens"), help="Generated reply length limit."),
+    seed: int = typer.Option(default(ExplainEvalConfig, "seed"), help="Random baseline and bootstrap seed."),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+    out: Optional[Path] = EvalOutOption,
+) -> None:
+    """Faithfulness of attribution: ERASER deletion test (comprehensiveness, sufficiency, AOPC) against random."""
+    from parley import backend
+    from parley.eval.explain import evaluate
+    from parley.eval.report import default_out
+    from parley.explain.config import ExplainConfig, method_names
+
+    try:
+        shares = tuple(float(b) for b in bins.split(","))
+    except ValueError:
+        raise ConfigError(f"--bins must be comma-separated shares like 0.1,0.2, got {bins!r}") from None
+    methods = ExplainConfig(methods=method_names(method), steps=steps).methods  # checked, full names
+    config = ExplainEvalConfig(cases=tuple(cases), limit=limit, methods=methods, steps=steps, bins=shares,
+                               random_draws=random_draws, max_new_tokens=max_new_tokens, seed=seed)
+    loaded = backend.local(model, device=device, dtype=dtype, purpose="attribution")
+    results, json_path, md_path = evaluate(loaded, model, config, out or default_out("explain", model))
+    _print_results(results, json_path, md_path)
+    for verdict in results["details"]["verdicts"]:
+        print(verdict)
 
 
 @eval_app.command("compare")
