@@ -492,6 +492,8 @@ def serve(
     max_batch: int = typer.Option(8, help="Requests decoded together in one batch."),
     max_queue: int = typer.Option(64, help="Requests that may wait for a batch slot before 429."),
     max_tokens: int = typer.Option(1024, help="The largest max_tokens a request gets (larger ones are capped)."),
+    explain_budget: int = typer.Option(2_000_000, help="The most token-passes one POST /v1/explain may cost "
+                                       "(integrated gradients: steps x tokens); larger ones get a 400."),
     grace: float = typer.Option(30.0, help="On shutdown, seconds running replies may take to finish."),
     device: str = DeviceOption,
     dtype: str = DtypeOption,
@@ -504,7 +506,7 @@ def serve(
         model=model, base_url=base_url, host=host, port=port, served_name=served_name,
         api_keys=list(api_key) or api_keys_from_env(), allowed_hosts=list(allowed_host),
         cors_origins=list(cors_origin), max_batch=max_batch, max_queue=max_queue,
-        max_tokens=max_tokens, grace_s=grace, device=device, dtype=dtype, compile=compile,
+        max_tokens=max_tokens, explain_budget=explain_budget, grace_s=grace, device=device, dtype=dtype, compile=compile,
     ))
 
 
