@@ -52,6 +52,7 @@ HELP = """\
   /load FILE          continue a conversation saved with /save (or a JSON list of messages)
   /history            this conversation's turns, with their token counts and what no longer fits
   /run                run the last Python code block of the assistant's replies in the sandbox
+  /why "TEXT"         which parts of the prompt made the last reply say TEXT (attribution; local models)
   /quit               leave (Ctrl-D works too)
 [bold]Keys[/bold]  Enter sends · Esc then Enter (or Alt+Enter) adds a line · Ctrl-C stops a reply"""
 
@@ -191,6 +192,8 @@ def _command(session: Session, console: Console, line: str) -> str | None:
         _show_turns(session, console)
     elif name == "/run":
         _run_last_code(session, console)
+    elif name == "/why" and arg:
+        _why_span(session, console, arg)
     else:
         raise ConfigError(f"unknown command {name}: /help lists the commands")
     return None
@@ -267,6 +270,42 @@ def _run_last_code(session: Session, console: Console) -> None:
     output = (result.stdout + result.stderr).rstrip() or "(no output)"
     title = f"{result.status} in {result.seconds:.1f}s" + (f" · {result.message}" if result.message else "")
     console.print(Panel(plain(output), title=plain(title), border_style=style, title_align="left"))
+
+
+def _why_span(session: Session, console: Console, arg: str) -> None:
+    """`/why "TEXT"`: attribution of TEXT (a piece of the last reply) to the prompt's messages, lines
+    and tokens, by gradient x input and leave-one-message-out occlusion (parley/explain)."""
+    import shlex
+
+    from parley.explain.attribution import explain
+    from parley.explain.config import ExplainConfig
+    from parley.explain.layout import lay_out
+
+    try:
+        words = shlex.split(arg)
+    except ValueError:  # an unclosed quote: take the text as typed
+        words = [arg.strip("\"'")]
+    text = " ".join(words)
+    last = max((i for i, m in enumerate(session.messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise ConfigError("/why needs a reply to explain: ask something first")
+    loaded = session.engine.weights()
+    layout = lay_out(loaded, session._system() + session.messages[:last], session.messages[last]["content"])
+    config = ExplainConfig(methods=("gradient_x_input", "occlusion"), span=layout.span_of(text), rows=False)
+    with console.status("working out why…"):
+        found = explain(loaded, layout, config)
+    console.print(Text.assemble(("why ", "bold"), plain(repr(text[:80])),
+                                plain(f" · log p = {found.target_logprob:.2f}", "dim")))
+    table = Table(title="messages (occlusion: how much leaving each out lowers it; gradient x input: summed)")
+    for column in ("message", "occlusion", "gradient x input"):
+        table.add_column(column)
+    for (label, dropped), (_, gxi) in zip(found.by_message("occlusion"), found.by_message("gradient_x_input")):
+        table.add_row(plain(label), f"{dropped:+.3f}", f"{gxi:+.3f}")
+    console.print(table)
+    lines = sorted(found.by_line("gradient_x_input"), key=lambda item: -abs(item[1]))[:5]
+    console.print(plain("lines that counted most (gradient x input):", "bold"))
+    for line, score in lines:
+        console.print(Text.assemble((f"  {score:+.3f}  ", "red" if score > 0 else "blue"), plain(printable(line)[:100])))
 
 
 def _show_turns(session: Session, console: Console) -> None:
