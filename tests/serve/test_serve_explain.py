@@ -64,3 +64,14 @@ def test_the_route_is_documented(server):
     route = schema["paths"]["/v1/explain"]["post"]
     assert route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("ExplanationDocument")
     assert "400" in route["responses"] and "429" in route["responses"]
+
+
+def test_a_full_line_of_explanations_is_a_429(server):
+    app = server[1]
+    app.state.explaining = app.state.options.max_queue  # as many waiting as the line holds
+    try:
+        answer = post(server, {"messages": MESSAGES, "reply": REPLY})
+    finally:
+        app.state.explaining = 0
+    assert answer.status_code == 429 and answer.headers["Retry-After"] == "5"
+    assert answer.json()["error"]["code"] == "queue_full"
