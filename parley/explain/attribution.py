@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from parley.errors import ConfigError
+from parley.errors import ConfigError, ContextError
 from parley.explain.config import METHODS, ExplainConfig
 from parley.explain.layout import Layout
 from parley.templates import encode_chat
@@ -206,6 +206,10 @@ def contrast(loaded, layout: Layout, span: tuple[int, int] | None, alternative: 
     other = loaded.tokenizer(alternative, add_special_tokens=False)["input_ids"]
     if not other:
         raise ConfigError("the alternative is empty: give the text the model might have said instead")
+    total = len(layout.prompt_ids) + first + len(other)
+    if total > loaded.context_window:
+        raise ContextError(f"the alternative is {len(other)} tokens: with the prompt and the reply before the span "
+                           f"that is {total}, over the model's context window of {loaded.context_window}: shorten it")
     prompt = len(layout.prompt_ids)
     context = layout.reply_ids[:first]
     prompt_embeds = _embed(loaded, layout.prompt_ids).requires_grad_()

@@ -44,7 +44,7 @@ class ExplainRequest(Strict):
     span: str | None = Field(None, description="Explain only this piece of the reply (exact text); default: all of it.")
     methods: list[Method] = Field(["gradient_x_input"], min_length=1, max_length=3)
     steps: int = Field(64, ge=1, le=MAX_STEPS, description="Integrated gradients' interpolation points.")
-    contrast: str | None = Field(None, max_length=10_000, description="Why the span and not this text.")
+    contrast: str | None = Field(None, max_length=2_000, description="Why the span and not this text.")
     rows: bool = Field(False, description="Also one row of scores per reply token (attributions).")
     model: str = Field("", max_length=512)
 
@@ -78,7 +78,7 @@ def _explain(request: Request, body: ExplainRequest, config: ExplainConfig) -> d
     """On a worker thread: lay the case out, check its cost, compute (parley/explain)."""
     from dataclasses import replace
 
-    from parley.errors import ConfigError
+    from parley.errors import ConfigError, ParleyError
     from parley.explain.attribution import contrast, explain
     from parley.explain.export import to_document
     from parley.explain.layout import lay_out
@@ -102,6 +102,9 @@ def _explain(request: Request, body: ExplainRequest, config: ExplainConfig) -> d
     explanation = explain(loaded, layout, config)
     extra = None
     if body.contrast is not None:
-        scores, logp_x, logp_y = contrast(loaded, layout, explanation.span, body.contrast)
+        try:
+            scores, logp_x, logp_y = contrast(loaded, layout, explanation.span, body.contrast)
+        except ParleyError as e:
+            raise ApiError(400, f"contrast: {e}", param="contrast") from None
         extra = {"alternative": body.contrast, "logprob_span": logp_x, "logprob_alternative": logp_y, "scores": scores}
     return to_document(explanation, model=request.app.state.served_name, template=loaded.template, contrast=extra)

@@ -53,6 +53,8 @@ def test_integrated_gradients_over_the_budget_is_refused_naming_it(server):
     ({"messages": MESSAGES, "reply": REPLY, "methods": ["lime"]}, "methods[0]"),
     ({"messages": [], "reply": REPLY}, "messages"),
     ({"messages": MESSAGES, "reply": REPLY, "steps": 0}, "steps"),
+    ({"messages": MESSAGES, "reply": REPLY, "contrast": "0" * 1500}, "contrast"),  # over the 1024-token window
+    ({"messages": MESSAGES, "reply": REPLY, "contrast": ""}, "contrast"),
 ])
 def test_bad_fields_are_named(server, body, param):
     answer = post(server, body)
