@@ -2,6 +2,7 @@
 
     parley chat [-p "question"] [--model smollm2] [--resume ID]
     parley history [ID]
+    parley explain [ID | --jsonl FILE | --prompt TEXT] [--out why.json]
 
 Library errors (ParleyError) become one line on stderr and exit status 2; anything else is a bug
 and keeps its traceback.
@@ -28,7 +29,9 @@ from parley.errors import ConfigError, ParleyError
 from parley.eval.code import CodeEvalConfig
 from parley.eval.completions import GenerationConfig
 from parley.eval.dialogue import DialogueConfig
+from parley.eval.explain import ExplainEvalConfig
 from parley.eval.perplexity import PerplexityConfig
+from parley.explain.config import ExplainConfig
 from parley.tokenizer_train import TokenizerTrainConfig
 
 app = typer.Typer(
@@ -397,6 +400,41 @@ def eval_dialogue(
     _print_results(*evaluate(engine, model, source, config, out or default_out("dialogue", model)))
 
 
+@eval_app.command("explain")
+def eval_explain(
+    cases: list[str] = typer.Option(list(default(ExplainEvalConfig, "cases")), "--cases", help="humaneval, dialogues (held out), or a JSONL file of {messages} (repeatable)."),
+    model: str = ModelOption,
+    method: str = typer.Option(",".join(default(ExplainEvalConfig, "methods")), "--method", help="Attribution methods to test: gxi, ig, occlusion (comma-separated)."),
+    limit: int = typer.Option(default(ExplainEvalConfig, "limit"), help="At most this many cases from each set (0 = all)."),
+    bins: str = typer.Option(",".join(map(str, default(ExplainEvalConfig, "bins"))), help="Shares of the prompt's content tokens removed or kept."),
+    random_draws: int = typer.Option(default(ExplainEvalConfig, "random_draws"), help="Random choices per case and share (the baseline)."),
+    steps: int = typer.Option(default(ExplainEvalConfig, "steps"), help="Integrated gradients' interpolation points."),
+    max_new_tokens: int = typer.Option(default(ExplainEvalConfig, "max_new_tokens"), help="Generated reply length limit."),
+    seed: int = typer.Option(default(ExplainEvalConfig, "seed"), help="Random baseline and bootstrap seed."),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+    out: Optional[Path] = EvalOutOption,
+) -> None:
+    """Faithfulness of attribution: ERASER deletion test (comprehensiveness, sufficiency, AOPC) against random."""
+    from parley import backend
+    from parley.eval.explain import evaluate
+    from parley.eval.report import default_out
+    from parley.explain.config import ExplainConfig, method_names
+
+    try:
+        shares = tuple(float(b) for b in bins.split(","))
+    except ValueError:
+        raise ConfigError(f"--bins must be comma-separated shares like 0.1,0.2, got {bins!r}") from None
+    methods = ExplainConfig(methods=method_names(method), steps=steps).methods  # checked, full names
+    config = ExplainEvalConfig(cases=tuple(cases), limit=limit, methods=methods, steps=steps, bins=shares,
+                               random_draws=random_draws, max_new_tokens=max_new_tokens, seed=seed)
+    loaded = backend.local(model, device=device, dtype=dtype, purpose="attribution")
+    results, json_path, md_path = evaluate(loaded, model, config, out or default_out("explain", model))
+    _print_results(results, json_path, md_path)
+    for verdict in results["details"]["verdicts"]:
+        print(verdict)
+
+
 @eval_app.command("compare")
 def eval_compare(
     before: Path = typer.Argument(..., help="Results JSON of the baseline (e.g. the base model)."),
@@ -453,6 +491,55 @@ def export(
 
 
 @app.command()
+def explain(
+    conversation: Optional[str] = typer.Argument(None, help="A stored conversation (id or prefix): explain its last reply."),
+    jsonl: Optional[Path] = typer.Option(None, "--jsonl", help="A JSONL file of {\"messages\": [...]}: explain one record."),
+    record: int = typer.Option(1, "--record", help="With --jsonl: which line (1-based)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Ask this, then explain the model's (greedy) reply."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="With --prompt: a system prompt."),
+    model: str = ModelOption,
+    method: str = typer.Option(",".join(default(ExplainConfig, "methods")), "--method",
+                               help="Comma-separated: gradient_x_input (gxi), integrated_gradients (ig), occlusion."),
+    steps: int = typer.Option(default(ExplainConfig, "steps"), help="Integrated gradients: interpolation points."),
+    span: Optional[str] = typer.Option(None, "--span", help="Explain only this piece of the reply (quoted exactly)."),
+    contrast: Optional[str] = typer.Option(None, "--contrast", help="Also: why the span and not this text."),
+    max_new_tokens: int = typer.Option(256, help="With --prompt or a record without a reply: reply length limit."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write PATH.json, PATH.html (heatmap) and PATH.png."),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+) -> None:
+    """Which prompt tokens, lines and messages made the model say its reply (attribution), and how sure it was."""
+    from parley.explain.config import method_names
+
+    given = [name for name, value in (("CONVERSATION", conversation), ("--jsonl", jsonl), ("--prompt", prompt))
+             if value is not None]
+    if len(given) != 1:
+        raise ConfigError("give one of CONVERSATION (a stored id), --jsonl FILE or --prompt TEXT"
+                          + (f", not {' and '.join(given)}" if given else ""))
+    config = ExplainConfig(methods=method_names(method), steps=steps, rows=out is not None)
+    from parley import backend
+    from parley.explain import cases
+    from parley.explain.export import summary, write_all
+
+    if prompt is not None:
+        messages, reply = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}], None
+    elif jsonl is not None:
+        messages, reply = cases.from_jsonl(jsonl, record)
+    else:
+        from parley.store import Store
+
+        messages, reply = cases.from_store(Store(), conversation)
+    loaded = backend.local(model, device=device, dtype=dtype, purpose="attribution")
+    document = cases.run(loaded, messages, reply, config, contrast, span, max_new_tokens)
+    from parley.printable import printable
+
+    print(printable(summary(document)))
+    if out is not None:
+        print("\n".join(str(p) for p in write_all(document, out)))
+
+
+@app.command()
 def serve(
     model: str = typer.Option("smollm2", "--model", "-m",
                               help="smollm2, a model directory, a hub id, or openai:NAME with --base-url."),
@@ -469,6 +556,8 @@ def serve(
     max_batch: int = typer.Option(8, help="Requests decoded together in one batch."),
     max_queue: int = typer.Option(64, help="Requests that may wait for a batch slot before 429."),
     max_tokens: int = typer.Option(1024, help="The largest max_tokens a request gets (larger ones are capped)."),
+    explain_budget: int = typer.Option(2_000_000, help="The most token-passes one POST /v1/explain may cost "
+                                       "(integrated gradients: steps x tokens); larger ones get a 400."),
     grace: float = typer.Option(30.0, help="On shutdown, seconds running replies may take to finish."),
     device: str = DeviceOption,
     dtype: str = DtypeOption,
@@ -481,7 +570,7 @@ def serve(
         model=model, base_url=base_url, host=host, port=port, served_name=served_name,
         api_keys=list(api_key) or api_keys_from_env(), allowed_hosts=list(allowed_host),
         cors_origins=list(cors_origin), max_batch=max_batch, max_queue=max_queue,
-        max_tokens=max_tokens, grace_s=grace, device=device, dtype=dtype, compile=compile,
+        max_tokens=max_tokens, explain_budget=explain_budget, grace_s=grace, device=device, dtype=dtype, compile=compile,
     ))
 
 

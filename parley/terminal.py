@@ -309,6 +309,8 @@ def _command(session: Session, console: Console, line: str, confidence: Confiden
         _run_code(session, console, arg)
     elif name == "/copy":
         _copy_code(session, console, arg)
+    elif name == "/why" and arg:  # attribution of a part of the reply; /why alone is confidence's
+        _why_span(session, console, arg)
     elif name in ("/confidence", "/why"):
         _confidence_command(console, name, arg, confidence or Confidence())
     else:
@@ -349,19 +351,9 @@ def _confidence_command(console: Console, name: str, arg: str, confidence: Confi
         console.print(Text.assemble(("confidence colouring on:", "dim"), legend) if confidence.colour
                       else Text("confidence colouring off", style="dim"))
         return
-    if arg:  # /why "text": attribution of a span of the reply to the prompt (parley/explain attribution)
-        _why_span(console, arg, confidence)
-        return
     if not confidence.last:
         raise ConfigError("/why explains the last reply: ask something first")
     console.print(plain("\n".join(why_lines(confidence.last))))
-
-
-def _why_span(console: Console, quoted: str, confidence: Confidence) -> None:
-    """/why "text": which parts of the prompt drove that span of the last reply. The attribution itself is
-    parley/explain's (issue 13 part 2), wired in here; until then, say so."""
-    raise ConfigError('/why "text" (attribution to the prompt) is not available in this build: '
-                      "/why alone lists the least certain tokens")
 
 
 def _parse_assignments(text: str) -> dict[str, str]:
@@ -476,6 +468,42 @@ def _copy_code(session: Session, console: Console, arg: str) -> None:
     console.file.flush()
     console.print(plain(f"block {chosen} copied ({len(code.splitlines())} lines; if your terminal ignores "
                         f"clipboard requests: /copy {chosen} FILE)", "dim"))
+
+
+def _why_span(session: Session, console: Console, arg: str) -> None:
+    """`/why "TEXT"`: attribution of TEXT (a piece of the last reply) to the prompt's messages, lines
+    and tokens, by gradient x input and leave-one-message-out occlusion (parley/explain)."""
+    import shlex
+
+    from parley.explain.attribution import explain
+    from parley.explain.config import ExplainConfig
+    from parley.explain.layout import lay_out
+
+    try:
+        words = shlex.split(arg)
+    except ValueError:  # an unclosed quote: take the text as typed
+        words = [arg.strip("\"'")]
+    text = " ".join(words)
+    last = max((i for i, m in enumerate(session.messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise ConfigError("/why needs a reply to explain: ask something first")
+    loaded = session.engine.weights()
+    layout = lay_out(loaded, session._system() + session.messages[:last], session.messages[last]["content"])
+    config = ExplainConfig(methods=("gradient_x_input", "occlusion"), span=layout.span_of(text), rows=False)
+    with console.status("working out why…"):
+        found = explain(loaded, layout, config)
+    console.print(Text.assemble(("why ", "bold"), plain(repr(text[:80])),
+                                plain(f" · log p = {found.target_logprob:.2f}", "dim")))
+    table = Table(title="messages (occlusion: how much leaving each out lowers it; gradient x input: summed)")
+    for column in ("message", "occlusion", "gradient x input"):
+        table.add_column(column)
+    for (label, dropped), (_, gxi) in zip(found.by_message("occlusion"), found.by_message("gradient_x_input")):
+        table.add_row(plain(label), f"{dropped:+.3f}", f"{gxi:+.3f}")
+    console.print(table)
+    lines = sorted(found.by_line("gradient_x_input"), key=lambda item: -abs(item[1]))[:5]
+    console.print(plain("lines that counted most (gradient x input):", "bold"))
+    for line, score in lines:
+        console.print(Text.assemble((f"  {score:+.3f}  ", "red" if score > 0 else "blue"), plain(printable(line)[:100])))
 
 
 def _show_turns(session: Session, console: Console) -> None:

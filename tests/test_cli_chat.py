@@ -389,3 +389,22 @@ def test_a_streaming_reply_shows_life_and_keeps_typed_keys_out(scripted):
     assert "Counting:" in say(child, "/history")  # the partial reply is kept
     child.sendline("/quit")
     child.expect(pexpect.EOF)
+
+
+def test_why_quoted_text_explains_that_part_of_the_last_reply(tmp_path, tiny_dir):
+    chat = tmp_path / "add.json"
+    chat.write_text(json.dumps({"system": "Answer with code.", "messages": [
+        {"role": "user", "content": "Add a and b.\nUse Python."},
+        {"role": "assistant", "content": "def add(a, b):\n    return a + b"}]}))
+    child = spawn("chat", "--model", tiny_dir)
+    assert "/why" in say(child, "/help")
+    assert "ask something first" in say(child, '/why "a + b"')
+    say(child, f"/load {chat}")
+    shown = say(child, '/why "a + b"')
+    assert "why 'a + b'" in shown and "log p =" in shown
+    assert "0 system" in shown and "1 user" in shown and "(assistant prompt)" in shown
+    assert "Use Python." in shown  # a line of the prompt, with its score
+    assert "not in the reply" in say(child, '/why "a * b"')
+    assert "Traceback" not in shown
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)

@@ -17,6 +17,8 @@ from parley.data.prepare import PrepareConfig
 from parley.eval.code import CodeEvalConfig
 from parley.eval.completions import GenerationConfig
 from parley.eval.dialogue import DialogueConfig
+from parley.eval.explain import ExplainEvalConfig
+from parley.explain.config import ExplainConfig
 from parley.eval.perplexity import PerplexityConfig
 from parley.tokenizer_train import TokenizerTrainConfig
 
@@ -26,6 +28,9 @@ RENAMED = {
     "sandbox": ("isolation", None),
     "k": ("ks", lambda ks: ",".join(map(str, ks))),
     "api_key": ("api_keys", list),
+    "method": ("methods", ",".join),
+    "bins": ("bins", lambda bins: ",".join(map(str, bins))),
+    "cases": ("cases", list),
 }
 
 
@@ -42,6 +47,8 @@ def mirrors():
         ("eval code", [GenerationConfig, CodeEvalConfig], 11),
         ("eval perplexity", [PerplexityConfig], 4),
         ("eval dialogue", [DialogueConfig], 4),
+        ("eval explain", [ExplainEvalConfig], 7),
+        ("explain", [ExplainConfig], 2),
     ]]
 
 

@@ -3,7 +3,7 @@ before/after comparisons as a table and a bar chart.
 
     parley eval compare base.json tuned.json --chart compare.png
 
-A results document is a dict with at least `kind` (code, perplexity or dialogue), `created`,
+A results document is a dict with at least `kind` (code, perplexity, dialogue or explain), `created`,
 `settings` and `metrics` ({name: number}); code results add every sample with its verdict,
 dialogue results add examples. `compare` works on the metrics of any two documents, so base and
 fine-tuned runs of the same kind line up.
@@ -61,7 +61,7 @@ def markdown(results: dict) -> str:
     details = {k: v for k, v in results.get("details", {}).items() if isinstance(v, (str, int, float))}
     if details:
         lines += ["", *[f"- {key.replace('_', ' ')}: {_fmt(value)}" for key, value in details.items()]]
-    lines += _code_sections(results) + _example_sections(results)
+    lines += _code_sections(results) + _explain_sections(results) + _example_sections(results)
     settings = ", ".join(f"{k}={v}" for k, v in results.get("settings", {}).items())
     return "\n".join(lines + ["", f"Settings: {settings}", ""])
 
@@ -82,6 +82,21 @@ def _code_sections(results: dict) -> list[str]:
             message = s["message"].replace("|", "\\|")[:120]
             lines.append(f"| {s['task_id']} | {s['completion_id']} | {s['status']} | {message} |")
     return lines
+
+
+def _explain_sections(results: dict) -> list[str]:
+    """Faithfulness (eval/explain.py): AOPC with 95% intervals, per method and measure, and the verdicts."""
+    if results.get("kind") != "explain":
+        return []
+    intervals = results["details"]["ci95"]
+    lines = ["", "## AOPC (nats/token, 95% bootstrap CI over cases)", "",
+             "| method | comprehensiveness ↑ | sufficiency ↓ |", "|---|---|---|"]
+    names = dict.fromkeys(name.split(".")[0] for name in intervals)
+    for name in names:
+        cells = [f"{results['metrics'][key]:+.3f} [{intervals[key][0]:+.3f}, {intervals[key][1]:+.3f}]"
+                 for key in (f"{name}.comprehensiveness_aopc", f"{name}.sufficiency_aopc")]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    return lines + ["", *[f"- {verdict}" for verdict in results["details"]["verdicts"]]]
 
 
 def _example_sections(results: dict) -> list[str]:

@@ -15,8 +15,8 @@ everything before them. Methods:
                         the vocabulary's mean embedding (the reply's own embeddings stay as they are), Gauss-Legendre with
                         `steps` points: the scores sum to target(x) - target(baseline) (completeness);
                         opt-in, `steps` forwards and backwards per target (rows: per row).
-  occlusion             leave one message out: re-render the conversation without it and measure the
-                        drop in the target's log-prob. The keys and values of the prefix before the
+  occlusion             leave one message out: re-render the conversation without it (the only message:
+                        emptied) and measure the drop in the target's log-prob. The keys and values of the prefix before the
                         first changed token are reused from the full forward (DynamicCache.crop), so
                         only the rest is recomputed. Scores are per message; a token's entry in the
                         matrix is its message's score shared out evenly over the message's tokens.
@@ -41,34 +41,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from parley.errors import ConfigError
+from parley.errors import ConfigError, ContextError
+from parley.explain.config import ExplainConfig
 from parley.explain.layout import Layout
 from parley.templates import encode_chat
-
-METHODS = ("gradient_x_input", "integrated_gradients", "occlusion")
-SHORT = {"gxi": "gradient_x_input", "ig": "integrated_gradients", "occlusion": "occlusion"}
-
-
-@dataclass
-class ExplainConfig:
-    """What to compute; defaults are the cheap methods over the whole reply."""
-
-    methods: tuple[str, ...] = ("gradient_x_input", "occlusion")  # any of METHODS (or gxi, ig)
-    steps: int = 64  # integrated gradients: interpolation points (Gauss-Legendre)
-    span: tuple[int, int] | None = None  # reply tokens [first, end) to explain; None: the whole reply
-    rows: bool = True  # also the matrix: one row per reply token of the span
-    top: int = 5  # alternatives kept per reply token
-    ig_batch: int = 16  # integrated gradients: interpolation points per forward (bounds memory)
-
-    def __post_init__(self) -> None:
-        self.methods = tuple(SHORT.get(m, m) for m in self.methods)
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ConfigError(f"--method {unknown[0] if unknown else ''!r} is not one of "
-                              f"{', '.join(METHODS)} (or gxi, ig)")
-        if not 1 <= self.steps <= 1024:
-            raise ConfigError(f"--steps must be 1 to 1024, got {self.steps}")
-
 
 @dataclass
 class ReplyToken:
@@ -202,6 +178,8 @@ def occlusion(loaded, layout: Layout, span: tuple[int, int], base: torch.Tensor 
     rows = [[0.0] * prompt for _ in range(first, end)]
     for m in range(len(layout.messages)):
         rest = layout.messages[:m] + layout.messages[m + 1:]
+        if not rest:  # a template cannot render no message at all: the only message is left empty instead
+            rest = [{**layout.messages[m], "content": ""}]
         ids = encode_chat(loaded.tokenizer, loaded.template, rest, add_generation_prompt=True) + reply
         shared = min(_common_prefix(ids, full), len(ids) - len(reply) - 1)
         past = None
@@ -228,6 +206,10 @@ def contrast(loaded, layout: Layout, span: tuple[int, int] | None, alternative: 
     other = loaded.tokenizer(alternative, add_special_tokens=False)["input_ids"]
     if not other:
         raise ConfigError("the alternative is empty: give the text the model might have said instead")
+    total = len(layout.prompt_ids) + first + len(other)
+    if total > loaded.context_window:
+        raise ContextError(f"the alternative is {len(other)} tokens: with the prompt and the reply before the span "
+                           f"that is {total}, over the model's context window of {loaded.context_window}: shorten it")
     prompt = len(layout.prompt_ids)
     context = layout.reply_ids[:first]
     prompt_embeds = _embed(loaded, layout.prompt_ids).requires_grad_()

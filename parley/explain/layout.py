@@ -43,6 +43,7 @@ class Layout:
     message_labels: list[str] = field(default_factory=list)  # "0 system", "1 user", ..., GENERATION_PROMPT
     token_line: list[int] = field(default_factory=list)  # per prompt token: its line in prompt_text (0-based)
     lines: list[str] = field(default_factory=list)  # prompt_text's lines
+    in_content: list[bool] = field(default_factory=list)  # per prompt token: inside a message's own text
 
     @property
     def ids(self) -> list[int]:
@@ -78,6 +79,9 @@ def lay_out(loaded, messages: list[dict], reply: str) -> Layout:
     ends = _message_ends(tokenizer, template, messages, prompt_text)
     layout.message_labels = [f"{i} {m['role']}" for i, m in enumerate(messages)] + [GENERATION_PROMPT]
     layout.token_message = [bisect.bisect_right(ends, start) for start, _ in layout.prompt_offsets]
+    contents = _content_spans(messages, prompt_text)
+    layout.in_content = [any(a <= start and end <= b for a, b in contents) and end > start
+                         for start, end in layout.prompt_offsets]
     line_starts = [0] + [i + 1 for i, c in enumerate(prompt_text) if c == "\n"]
     layout.lines = prompt_text.split("\n")
     layout.token_line = [bisect.bisect_right(line_starts, start) - 1 for start, _ in layout.prompt_offsets]
@@ -96,3 +100,14 @@ def _message_ends(tokenizer, template: str, messages: list[dict], text: str) -> 
         at = text.find(content, ends[-1] if ends else 0) if content else -1
         ends.append(at + len(content) if at >= 0 else (ends[-1] if ends else 0))
     return sorted(ends)
+
+
+def _content_spans(messages: list[dict], text: str) -> list[tuple[int, int]]:
+    """Where each message's own text lies in the rendered prompt (not the template's markers)."""
+    spans, at = [], 0
+    for m in messages:
+        found = text.find(m["content"], at) if m["content"] else -1
+        if found >= 0:
+            spans.append((found, found + len(m["content"])))
+            at = found + len(m["content"])
+    return spans

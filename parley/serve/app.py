@@ -8,7 +8,8 @@ answers, one line says where the page and the API are.
     parley serve --model openai:NAME --base-url http://gpu-box:8000/v1   # proxy a remote service
 
 Routes: POST /v1/chat/completions, /v1/completions; GET /v1/models, /v1/models/{id} (openai_api.py);
-POST /v1/embeddings (embeddings_api.py); POST /v1/responses (responses_api.py); the stored
+POST /v1/embeddings (embeddings_api.py); POST /v1/responses (responses_api.py); POST /v1/explain
+(explain_api.py: attribution, queued beside decoding); the stored
 conversations under /v1/conversations (conversations_api.py); GET /health, /metrics (Prometheus),
 /docs (OpenAPI); the page at / with its files under /static (web/).
 
@@ -58,7 +59,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from parley.errors import ConfigError
-from parley.serve import api_errors, conversations_api, embeddings_api, openai_api, openapi, responses_api
+from parley.serve import api_errors, conversations_api, embeddings_api, explain_api, openai_api, openapi, responses_api
 from parley.serve.api_errors import ApiError
 from parley.serve.metrics import Metrics, MetricsMiddleware
 
@@ -91,13 +92,14 @@ class ServeOptions:
     max_batch: int = 8  # sequences decoded together
     max_queue: int = 64  # sequences allowed to wait for a batch slot before 429
     max_tokens: int = 1024  # the most tokens one reply may ask for (larger requests are capped)
+    explain_budget: int = 2_000_000  # the most token-passes one POST /v1/explain may cost (explain_api.cost)
     max_body_bytes: int = 2 * 1024 * 1024  # larger request bodies get 413
     grace_s: float = 30.0  # on shutdown, how long running generations may go on
     db: Path | None = None  # conversation database; default $PARLEY_HOME/parley.db
     cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call the API; empty = none
 
     def check(self) -> ServeOptions:
-        for key in ("max_batch", "max_queue", "max_tokens", "max_body_bytes"):
+        for key in ("max_batch", "max_queue", "max_tokens", "max_body_bytes", "explain_budget"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least 1")
         if not 0 < self.port < 65536:
@@ -151,6 +153,7 @@ def create_app(options: ServeOptions, engine: Engine | None = None) -> FastAPI:
     app.include_router(embeddings_api.router)
     app.include_router(responses_api.router)
     app.include_router(conversations_api.router)
+    app.include_router(explain_api.router)
     openapi.document(app)  # the real status codes, bodies and event streams
     app.mount("/static", StaticFiles(directory=WEB), name="static")
 

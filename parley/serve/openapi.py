@@ -239,6 +239,47 @@ class Reply(BaseModel):
     notice: str | None = Field(description="Which earlier turns were left out to fit the context window.")
 
 
+class ReplyTokenInfo(BaseModel):
+    text: str
+    logprob: float
+    entropy: float = Field(description="Of the model's distribution at this token, in nats.")
+    top: list[tuple[str, float]] = Field(description="The likeliest tokens here, [text, logprob], best first.")
+
+
+class MessageScore(BaseModel):
+    message: str
+    score: float
+
+
+class LineScore(BaseModel):
+    line: int
+    text: str
+    score: float
+
+
+class ExplanationDocument(BaseModel):
+    """`parley explain`'s JSON document (parley/explain/export.py). Positive scores raised the span's log-prob."""
+
+    model: str
+    template: dict
+    parley_version: str
+    messages: list[StoredMessage]
+    reply: str
+    prompt_tokens: list[str] = Field(description="The rendered prompt's tokens as text; joined, the prompt.")
+    token_message: list[int] = Field(description="Per prompt token: its index into message_labels.")
+    token_line: list[int] = Field(description="Per prompt token: its line (1-based).")
+    message_labels: list[str]
+    reply_tokens: list[ReplyTokenInfo]
+    span: list[int] = Field(description="[first, end): the reply tokens explained.")
+    target_logprob: float
+    attributions: dict[str, list[list[float]]] = Field(description="Per method, one row per span token (rows: true).")
+    scores: dict[str, list[float]] = Field(description="Per method, one score per prompt token, for the whole span.")
+    by_message: dict[str, list[MessageScore]]
+    by_line: dict[str, list[LineScore]]
+    completeness: dict[str, float] | None = None
+    contrast: dict | None = None
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     model: str | None
@@ -296,6 +337,7 @@ ROUTES: dict[tuple[str, str], Answers] = {
     ("get", "/v1/conversations/{cid}/messages/{mid}/versions"): Answers(ReplyVersions, (400, 404)),
     ("post", "/v1/conversations/{cid}/messages/{mid}/versions/{number}"): Answers(ReplyVersions, (400, 404)),
     ("get", "/v1/conversations/{cid}/feedback"): Answers(FeedbackList, (404,)),
+    ("post", "/v1/explain"): Answers(ExplanationDocument, (400, 404, 429, 503)),
     ("get", "/health"): Answers(Health),
     ("get", "/metrics"): Answers(None),
 }

@@ -149,6 +149,6 @@ async def beside(request: Request, field: str, work, *args):
             return await run_in_threadpool(work, *args)
         except Exception as e:
             error = translate(e)
-            if error.status == 400:
+            if error.status == 400 and not isinstance(e, ApiError):  # a route's own ApiError names its field
                 error.param = field
             raise error from e

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from parley.errors import ConfigError
-from parley.explain.attribution import ExplainConfig, contrast, explain, gradient_x_input, integrated_gradients
+from parley.explain.attribution import contrast, explain, gradient_x_input, integrated_gradients
+from parley.explain.config import ExplainConfig
 from parley.explain.layout import GENERATION_PROMPT, lay_out
 from parley.templates import encode_chat
 

@@ -372,3 +372,41 @@ def test_real_model_reply_has_a_highlighted_code_block(browser, embedded_model, 
         ctx.close()
     finally:
         stop()
+
+
+def test_why_shows_a_heatmap_of_the_prompt_for_a_reply_or_a_selected_part(browser, web):
+    """A stored exchange; "Why?" under the reply colours every prompt token; with part of the reply
+    selected, the panel explains that part; all under the page's CSP, also at phone width."""
+    url, app = web
+    store = app.state.store
+    cid = store.new_conversation(model="tiny", system="Answer with code.", params={})
+    store.add_message(cid, "user", "Add a and b in Python.")
+    store.add_message(cid, "assistant", CODE)
+    ctx, page, errors = open_page(browser, f"{url}/#{cid}", viewport={"width": 390, "height": 800})
+    page.wait_for_selector(".message.assistant .why-button")
+    page.click(".message.assistant .why-button")
+    page.wait_for_selector(".why .why-token", timeout=60_000)
+    document = httpx.post(url + "/v1/explain", timeout=60, json={
+        "messages": [{"role": "system", "content": "Answer with code."}, {"role": "user", "content": "Add a and b in Python."}],
+        "reply": CODE}).json()
+    tokens = page.locator(".why .why-token")
+    assert tokens.count() == len(document["prompt_tokens"])
+    assert "".join(tokens.all_text_contents()) == "".join(document["prompt_tokens"])
+    coloured = page.eval_on_selector_all(".why .why-token", "els => els.filter(e => e.style.backgroundColor).length")
+    assert coloured == tokens.count()
+    expect(page.locator(".why .why-messages")).to_contain_text("1 user")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "why-narrow.png"), full_page=True)
+    page.click(".message.assistant .why-button")  # closes it
+    expect(page.locator(".why")).to_have_count(0)
+    page.evaluate("""() => {  // select "a + b" inside the reply, as a user's drag would
+        const code = [...document.querySelectorAll('.message.assistant .body *')].find(e => e.textContent.includes('a + b') && !e.children.length);
+        const text = code.firstChild, at = text.textContent.indexOf('a + b');
+        const range = document.createRange(); range.setStart(text, at); range.setEnd(text, at + 5);
+        getSelection().removeAllRanges(); getSelection().addRange(range);
+    }""")
+    page.click(".message.assistant .why-button")
+    page.wait_for_selector(".why .why-token", timeout=60_000)
+    expect(page.locator(".why p")).to_contain_text("a + b")
+    assert errors == [] and page.evaluate("() => window.violations") == []
+    ctx.close()

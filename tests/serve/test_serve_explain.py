@@ -1,0 +1,79 @@
+"""POST /v1/explain against a real server on 127.0.0.1 over the tiny random Llama: the document it
+answers is the library's own numbers, a costly integrated-gradients request is refused naming the
+budget, bad spans name the field, and /openapi.json documents the route."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from parley.explain.attribution import gradient_x_input
+from parley.explain.layout import lay_out
+
+MESSAGES = [{"role": "system", "content": "Answer with code."}, {"role": "user", "content": "Add a and b.\nIn Python."}]
+REPLY = "def add(a, b):\n    return a + b"
+
+
+def post(server, body: dict) -> httpx.Response:
+    return httpx.post(server[0] + "/v1/explain", json=body, timeout=120)
+
+
+def test_explain_answers_the_librarys_numbers(server, tiny_loaded):
+    answer = post(server, {"messages": MESSAGES, "reply": REPLY, "methods": ["gxi", "occlusion"], "rows": True})
+    assert answer.status_code == 200, answer.text
+    document = answer.json()
+    layout = lay_out(tiny_loaded, MESSAGES, REPLY)
+    expected, _ = gradient_x_input(tiny_loaded, layout, (0, len(layout.reply_ids)))
+    assert document["scores"]["gradient_x_input"] == pytest.approx(expected, abs=1e-5)
+    assert [m["message"] for m in document["by_message"]["occlusion"]] == ["0 system", "1 user", "(assistant prompt)"]
+    assert len(document["attributions"]["gradient_x_input"]) == len(document["reply_tokens"])
+    assert document["model"] == "tiny" and "".join(document["prompt_tokens"]) == layout.prompt_text
+
+
+def test_a_span_and_a_contrast(server):
+    document = post(server, {"messages": MESSAGES, "reply": REPLY, "span": "a + b", "contrast": "a - b"}).json()
+    first, end = document["span"]
+    assert "a + b" in "".join(t["text"] for t in document["reply_tokens"][first:end])
+    assert document["contrast"]["alternative"] == "a - b"
+    assert len(document["contrast"]["scores"]) == len(document["prompt_tokens"])
+
+
+def test_integrated_gradients_over_the_budget_is_refused_naming_it(server):
+    long = [{"role": "user", "content": "Explain this code. " + "x = x + 1\n" * 120}]
+    answer = post(server, {"messages": long, "reply": REPLY, "methods": ["integrated_gradients"], "steps": 1024,
+                           "rows": True})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] == "steps" and error["code"] == "explain_budget_exceeded"
+    assert "--explain-budget 2,000,000" in error["message"] and "lower steps" in error["message"]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"messages": MESSAGES, "reply": REPLY, "span": "nowhere"}, "span"),
+    ({"messages": MESSAGES, "reply": REPLY, "methods": ["lime"]}, "methods[0]"),
+    ({"messages": [], "reply": REPLY}, "messages"),
+    ({"messages": MESSAGES, "reply": REPLY, "steps": 0}, "steps"),
+    ({"messages": MESSAGES, "reply": REPLY, "contrast": "0" * 1500}, "contrast"),  # over the 1024-token window
+    ({"messages": MESSAGES, "reply": REPLY, "contrast": ""}, "contrast"),
+])
+def test_bad_fields_are_named(server, body, param):
+    answer = post(server, body)
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == param, answer.text
+
+
+def test_the_route_is_documented(server):
+    schema = httpx.get(server[0] + "/openapi.json").json()
+    route = schema["paths"]["/v1/explain"]["post"]
+    assert route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("ExplanationDocument")
+    assert "400" in route["responses"] and "429" in route["responses"]
+
+
+def test_a_full_line_of_explanations_is_a_429(server):
+    app = server[1]
+    app.state.explaining = app.state.options.max_queue  # as many waiting as the line holds
+    try:
+        answer = post(server, {"messages": MESSAGES, "reply": REPLY})
+    finally:
+        app.state.explaining = 0
+    assert answer.status_code == 429 and answer.headers["Retry-After"] == "5"
+    assert answer.json()["error"]["code"] == "queue_full"
