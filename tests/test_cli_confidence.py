@@ -28,7 +28,7 @@ def test_confidence_colours_replies_and_why_lists_alternatives(tiny_dir):
         assert re.search(r"the 5 least certain of 12 tokens:", why)
         assert len(re.findall(r"#\d+ ", why)) == 5 and len(ALTERNATIVES.findall(why)) == 5
         assert "confidence colouring off" in say(child, "/confidence")
-        assert 'not available in this build' in say(child, '/why "hello"')  # attribution's branch
+        assert "is not in the reply" in say(child, '/why "hello"')  # with text: attribution's branch, not this one
     finally:
         child.sendline("/quit")
         child.expect(pexpect.EOF)
