@@ -52,6 +52,11 @@ HELP = """\
   /load FILE          continue a conversation saved with /save (or a JSON list of messages)
   /history            this conversation's turns, with their token counts and what no longer fits
   /run                run the last Python code block of the assistant's replies in the sandbox
+  /good [NOTE]        mark the last reply good (kept for `parley data prepare --source feedback`)
+  /bad [REASON]       mark the last reply bad, with what was wrong
+  /edit [TEXT]        rewrite the last reply (an editor opens on it without TEXT): kept as the better answer
+  /regen              reply again; every version is kept (/versions lists them)
+  /pick N             keep version N of the last reply: preferred to the other versions
   /quit               leave (Ctrl-D works too)
 [bold]Keys[/bold]  Enter sends · Esc then Enter (or Alt+Enter) adds a line · Ctrl-C stops a reply"""
 
@@ -140,9 +145,11 @@ def _interactive(session: Session, console: Console) -> None:
             console.print(Text.assemble(("error: ", "red"), plain(e)))
 
 
-def _reply(session: Session, console: Console, text: str) -> None:
+def _reply(session: Session, console: Console, text: str | None) -> None:
+    """Answer `text`, or (None) the last user message again: a new version of the last reply."""
     fitted = session.fit(session.turn(text))
-    session.commit(text)
+    if text is not None:
+        session.commit(text)
     if fitted.notice:
         console.print(plain(fitted.notice, "yellow"))
     reply, stopped = "", False
@@ -162,7 +169,7 @@ def _reply(session: Session, console: Console, text: str) -> None:
     if stopped:
         console.print("[dim](stopped)[/dim]")
     if reply:
-        session.add("assistant", reply, **({"stopped": True} if stopped else {}))
+        session.answer(reply, **({"stopped": True} if stopped else {}))
 
 
 def _command(session: Session, console: Console, line: str) -> str | None:
@@ -191,9 +198,49 @@ def _command(session: Session, console: Console, line: str) -> str | None:
         _show_turns(session, console)
     elif name == "/run":
         _run_last_code(session, console)
+    elif name in FEEDBACK_COMMANDS:
+        _feedback(session, console, name, arg)
     else:
         raise ConfigError(f"unknown command {name}: /help lists the commands")
     return None
+
+
+FEEDBACK_COMMANDS = ("/good", "/bad", "/edit", "/regen", "/pick", "/versions")
+
+
+def _feedback(session: Session, console: Console, name: str, arg: str) -> None:
+    """The commands that judge the last reply; the session stores each judgement with its context."""
+    if name in ("/good", "/bad"):
+        session.rate(name == "/good", arg or None)
+        console.print(plain(f"marked {name[1:]}" + (f": {arg}" if arg else ""), "dim"))
+    elif name == "/edit":
+        text = arg or _edited(session.messages[-1]["content"] if session.messages else "")
+        session.edit(text)
+        console.print(plain("reply replaced by your edit (kept as the better answer)", "dim"))
+    elif name == "/regen":
+        _reply(session, console, None)
+        _say_versions(session, console)
+    elif name == "/pick":
+        if not arg.isdigit():
+            raise ConfigError("/pick N: N is a version number, e.g. /pick 1 (/versions lists them)")
+        console.print(Markdown(printable(session.pick(int(arg))), code_theme=CODE_THEME))
+        console.print(plain(f"kept version {arg}, preferred to the others", "dim"))
+    else:  # /versions
+        for i, text in enumerate(session.versions(), 1):
+            console.print(Text.assemble((f"{i}: ", "bold"), plain(text)))
+
+
+def _edited(reply: str) -> str:
+    """The user's rewrite of `reply`, typed over it in an editor line (Esc then Enter adds a line)."""
+    from prompt_toolkit import PromptSession
+
+    return PromptSession().prompt("edit> ", default=reply, multiline=False, key_bindings=_newline_keys())
+
+
+def _say_versions(session: Session, console: Console) -> None:
+    count = len(session.versions())
+    if count > 1:
+        console.print(plain(f"version {count} of {count} · /pick N keeps another · /versions lists them", "dim"))
 
 
 def _parse_assignments(text: str) -> dict[str, str]:
