@@ -18,6 +18,7 @@ from parley.eval.code import CodeEvalConfig
 from parley.eval.completions import GenerationConfig
 from parley.eval.dialogue import DialogueConfig
 from parley.eval.perplexity import PerplexityConfig
+from parley.eval.preference import PreferenceEvalConfig
 from parley.tokenizer_train import TokenizerTrainConfig
 
 # Option names that differ from their field: option -> (field, the field's default as the CLI writes it)
@@ -42,6 +43,7 @@ def mirrors():
         ("eval code", [GenerationConfig, CodeEvalConfig], 11),
         ("eval perplexity", [PerplexityConfig], 4),
         ("eval dialogue", [DialogueConfig], 4),
+        ("eval preference", [PreferenceEvalConfig], 4),
     ]]
 
 
