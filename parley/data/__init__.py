@@ -4,6 +4,8 @@
     sources.py       `--source` specs (the scheme is documented there) → streams of records
     chat_formats.py, personachat.py, chatterbot.py, tables.py     conversations in the shapes people have
     code_files.py, code_formats.py, code_pairs.py                 code: directories, repos, datasets, pairs
+    preference_formats.py   preferences: TRL, HH-RLHF, UltraFeedback, unpaired labels, the store's feedback
+    preference_tokenize.py  preference rows: the context once, chosen and rejected replies (for DPO)
     textfiles.py     UTF-8 lines and streamed JSON with line numbers
     tokenize.py      chat template rendering, assistant-only labels, fitting to length, packing
     prepare.py       `parley data prepare`: the whole pipeline, written atomically with a manifest
