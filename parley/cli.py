@@ -32,6 +32,7 @@ from parley.eval.dialogue import DialogueConfig
 from parley.eval.explain import ExplainEvalConfig
 from parley.eval.perplexity import PerplexityConfig
 from parley.explain.config import ExplainConfig
+from parley.eval.preference import PreferenceEvalConfig
 from parley.tokenizer_train import TokenizerTrainConfig
 
 app = typer.Typer(
@@ -433,6 +434,28 @@ def eval_explain(
     _print_results(results, json_path, md_path)
     for verdict in results["details"]["verdicts"]:
         print(verdict)
+
+
+@eval_app.command("preference")
+def eval_preference(
+    source: list[str] = typer.Option(["feedback"], "--source", "-s", help="Preference pairs: feedback (the store), prefs:FILE, or a prompt/chosen/rejected file (repeatable)."),
+    model: str = ModelOption,
+    reference: str = typer.Option(default(PreferenceEvalConfig, "reference"), help="Reference model of the implicit reward; default: the DPO run's (its preference.json)."),
+    split: str = typer.Option(default(PreferenceEvalConfig, "split"), help="all, or validation: only the records `parley data prepare` holds out."),
+    limit: int = typer.Option(default(PreferenceEvalConfig, "limit"), help="At most this many pairs (0 = all)."),
+    batch: int = typer.Option(default(PreferenceEvalConfig, "batch"), help="Pairs scored per forward pass."),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+    out: Optional[Path] = EvalOutOption,
+) -> None:
+    """How often the model prefers the chosen reply: by its implicit DPO reward, or by log-likelihood."""
+    from parley import backend
+    from parley.eval.preference import evaluate
+    from parley.eval.report import default_out
+
+    config = PreferenceEvalConfig(split=split, limit=limit, batch=batch, reference=reference)
+    loaded = backend.local(model, device=device, dtype=dtype, purpose="preference")
+    _print_results(*evaluate(loaded, model, source, config, out or default_out("preference", model)))
 
 
 @eval_app.command("compare")

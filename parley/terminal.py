@@ -78,6 +78,11 @@ HELP = [
     ("  /copy [N] [FILE]    copy the latest reply's code block N (default: the last) to the clipboard, or to FILE", ""),
     ("  /confidence         colour replies by how sure the model was of each token (again: off)", ""),
     ('  /why ["TEXT"]       the last reply\'s least certain tokens and their alternatives; with TEXT: what drove it', ""),
+    ("  /good [NOTE]        mark the last reply good (kept for `parley data prepare --source feedback`)", ""),
+    ("  /bad [REASON]       mark the last reply bad, with what was wrong", ""),
+    ("  /edit [TEXT]        rewrite the last reply (an editor opens on it without TEXT): kept as the better answer", ""),
+    ("  /regen              reply again; every version is kept (/versions lists them)", ""),
+    ("  /pick N             keep version N of the last reply: preferred to the other versions", ""),
     ("  /quit               leave (Ctrl-D works too)", ""),
     ("Keys", "bold"),
     ("  Enter sends · Esc then Enter (or Alt+Enter) adds a line · Ctrl-C stops a reply", ""),
@@ -220,7 +225,8 @@ def _prompt_loop(session: Session, console: Console, prompt, confidence: Confide
             console.print(Text.assemble(("error: ", "red"), plain(e)))
 
 
-def _reply(session: Session, console: Console, text: str, confidence: Confidence | None = None) -> None:
+def _reply(session: Session, console: Console, text: str | None, confidence: Confidence | None = None) -> None:
+    """Answer `text`, or (None) the last user message again: a new version of the last reply."""
     confidence = confidence or Confidence()
     reply, stopped, stream = "", False, None
     confidence.last = []
@@ -230,7 +236,8 @@ def _reply(session: Session, console: Console, text: str, confidence: Confidence
     with _typing_held(), Live(thinking, console=console, refresh_per_second=10, vertical_overflow="visible") as live:
         try:
             fitted = session.fit(session.turn(text))
-            session.commit(text)
+            if text is not None:
+                session.commit(text)
             if fitted.notice:
                 console.print(plain(fitted.notice, "yellow"))
             stream = session.engine.stream(fitted.messages, _with_alternatives(session.params))
@@ -246,7 +253,7 @@ def _reply(session: Session, console: Console, text: str, confidence: Confidence
     if stopped:
         console.print(plain("(stopped)", "dim"))
     if reply:
-        session.add("assistant", reply, **({"stopped": True} if stopped else {}))
+        session.answer(reply, **({"stopped": True} if stopped else {}))
         _mention_code(console, reply)
 
 
@@ -313,6 +320,8 @@ def _command(session: Session, console: Console, line: str, confidence: Confiden
         _why_span(session, console, arg)
     elif name in ("/confidence", "/why"):
         _confidence_command(console, name, arg, confidence or Confidence())
+    elif name in FEEDBACK_COMMANDS:
+        _feedback(session, console, name, arg)
     else:
         raise ConfigError(f"unknown command {name}: /help lists the commands")
     return None
@@ -354,6 +363,44 @@ def _confidence_command(console: Console, name: str, arg: str, confidence: Confi
     if not confidence.last:
         raise ConfigError("/why explains the last reply: ask something first")
     console.print(plain("\n".join(why_lines(confidence.last))))
+
+
+FEEDBACK_COMMANDS = ("/good", "/bad", "/edit", "/regen", "/pick", "/versions")
+
+
+def _feedback(session: Session, console: Console, name: str, arg: str) -> None:
+    """The commands that judge the last reply; the session stores each judgement with its context."""
+    if name in ("/good", "/bad"):
+        session.rate(name == "/good", arg or None)
+        console.print(plain(f"marked {name[1:]}" + (f": {arg}" if arg else ""), "dim"))
+    elif name == "/edit":
+        text = arg or _edited(session.messages[-1]["content"] if session.messages else "")
+        session.edit(text)
+        console.print(plain("reply replaced by your edit (kept as the better answer)", "dim"))
+    elif name == "/regen":
+        _reply(session, console, None)
+        _say_versions(session, console)
+    elif name == "/pick":
+        if not arg.isdigit():
+            raise ConfigError("/pick N: N is a version number, e.g. /pick 1 (/versions lists them)")
+        console.print(markdown(session.pick(int(arg))))
+        console.print(plain(f"kept version {arg}, preferred to the others", "dim"))
+    else:  # /versions
+        for i, text in enumerate(session.versions(), 1):
+            console.print(Text.assemble((f"{i}: ", "bold"), plain(text)))
+
+
+def _edited(reply: str) -> str:
+    """The user's rewrite of `reply`, typed over it in an editor line (Esc then Enter adds a line)."""
+    from prompt_toolkit import PromptSession
+
+    return PromptSession().prompt("edit> ", default=reply, multiline=False, key_bindings=_newline_keys())
+
+
+def _say_versions(session: Session, console: Console) -> None:
+    count = len(session.versions())
+    if count > 1:
+        console.print(plain(f"version {count} of {count} · /pick N keeps another · /versions lists them", "dim"))
 
 
 def _parse_assignments(text: str) -> dict[str, str]:

@@ -408,3 +408,37 @@ def test_why_quoted_text_explains_that_part_of_the_last_reply(tmp_path, tiny_dir
     assert "Traceback" not in shown
     child.sendline("/quit")
     child.expect(pexpect.EOF)
+
+
+def test_feedback_commands_land_in_the_store(tiny_dir):
+    """/good, /regen then /pick, /bad with a reason, /edit in the editor line: each is a judgement in
+    the store, with the context it judged."""
+    from parley.store import Store
+
+    child = spawn("chat", "--model", tiny_dir, "--max-new-tokens", "6", "--temperature", "1.0")
+    say(child, "Name a colour")
+    assert "marked good: crisp" in say(child, "/good crisp")
+    assert "version 2 of 2" in say(child, "/regen")
+    assert "kept version 1" in say(child, "/pick 1")
+    assert "marked bad: too vague" in say(child, "/bad too vague")
+    child.sendline("/edit")
+    child.expect("edit> ")
+    child.send("\x15")  # Ctrl-U clears the line the editor opened on the reply
+    child.sendline("Blue, like the sky.")
+    child.expect(PROMPT)
+    assert "kept as the better answer" in ANSI.sub("", child.before)
+    assert "N is a version number" in say(child, "/pick x")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+
+    store = Store()
+    cid = store.list(limit=1)[0].id
+    feedback = store.feedback(conversation_id=cid)
+    kinds = [f.kind for f in feedback]
+    assert {"good", "bad", "edit"} <= set(kinds) and all(f.context[-1]["content"] == "Name a colour" for f in feedback)
+    first, second = store.versions(cid, store.replies(cid)[-1]["id"])[:2]
+    assert ("pick" in kinds) == (first != second)  # two equal versions are no preference
+    edit = next(f for f in feedback if f.kind == "edit")
+    assert edit.chosen == "Blue, like the sky." and edit.rejected == first
+    assert store.messages(cid)[-1]["content"] == "Blue, like the sky."
+    assert next(f for f in feedback if f.kind == "bad").note == "too vague"

@@ -20,6 +20,7 @@ from parley.eval.dialogue import DialogueConfig
 from parley.eval.explain import ExplainEvalConfig
 from parley.explain.config import ExplainConfig
 from parley.eval.perplexity import PerplexityConfig
+from parley.eval.preference import PreferenceEvalConfig
 from parley.tokenizer_train import TokenizerTrainConfig
 
 # Option names that differ from their field: option -> (field, the field's default as the CLI writes it)
@@ -49,6 +50,7 @@ def mirrors():
         ("eval dialogue", [DialogueConfig], 4),
         ("eval explain", [ExplainEvalConfig], 7),
         ("explain", [ExplainConfig], 2),
+        ("eval preference", [PreferenceEvalConfig], 4),
     ]]
 
 

@@ -7,6 +7,8 @@
     prose.py, wikipedia.py     prose for continued pre-training: text files, web-text rows, Wikipedia dumps
     cleaning.py      exact / near-duplicate and quality rules for prose, counted by reason
     textfiles.py     UTF-8 lines and streamed JSON with line numbers (.gz / .bz2 decompressed on the way)
+    preference_formats.py   preferences: TRL, HH-RLHF, UltraFeedback, unpaired labels, the store's feedback
+    preference_tokenize.py  preference rows: the context once, chosen and rejected replies (for DPO)
     tokenize.py      chat template rendering, assistant-only labels, fitting to length, packing
     prepare.py       `parley data prepare`: the whole pipeline, written atomically with a manifest
     manifest.py      manifest.json: the typed, versioned description of a prepared dataset

@@ -6,6 +6,9 @@
     show    example N (0-based) decoded with the dataset's own tokenizer.json: the context the loss
             skips is dimmed, the tokens the model learns are highlighted
 
+Preference datasets (prompt_ids, chosen_ids, rejected_ids) show the context dimmed and the chosen and
+rejected replies in their colours; their tokens per example count the context and the longer reply.
+
 Only the dataset directory is read; no model is loaded.
 """
 
@@ -43,9 +46,14 @@ def stats(directory: Path) -> dict:
     splits = {}
     for name, split in data.items():
         table = split.data.table
-        lengths = pc.list_value_length(table.column("input_ids")).to_pylist()
-        labels = pc.list_flatten(table.column("labels"))
-        loss = int(pc.sum(pc.not_equal(labels, IGNORE)).as_py() or 0)
+        if "prompt_ids" in table.column_names:  # preferences: a context and up to two replies per row
+            n = {c: pc.list_value_length(table.column(c)).to_pylist() for c in ("prompt_ids", "chosen_ids", "rejected_ids")}
+            lengths = [p + max(c, r) for p, c, r in zip(n["prompt_ids"], n["chosen_ids"], n["rejected_ids"])]
+            loss = sum(n["chosen_ids"]) + sum(n["rejected_ids"])
+        else:
+            lengths = pc.list_value_length(table.column("input_ids")).to_pylist()
+            labels = pc.list_flatten(table.column("labels"))
+            loss = int(pc.sum(pc.not_equal(labels, IGNORE)).as_py() or 0)
         tokens = sum(lengths)
         splits[name] = {
             "examples": len(lengths),
@@ -117,6 +125,14 @@ def show(directory: Path, index: int = 0, split: str = "train", console=None) ->
         raise DataError(f"{directory}: example {index} is out of range; {split} has {len(rows)} (0 to {len(rows) - 1})")
     tokenizer = Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
     row = rows[index]
+    if "prompt_ids" in row:  # a preference: the context, then each reply the model is to prefer or not
+        console.print(Text.assemble((f"{split}[{index}]", "bold"), plain(f" from {row['source']}")))
+        console.print(Text(tokenizer.decode(row["prompt_ids"], skip_special_tokens=False), style=MASKED_STYLE), soft_wrap=True)
+        for name, style in (("chosen", LEARNED_STYLE), ("rejected", "bold red")):
+            if row[f"{name}_ids"]:
+                console.print(Text.assemble((f"{name}: ", "bold"), (tokenizer.decode(row[f"{name}_ids"], skip_special_tokens=False), style)),
+                              soft_wrap=True)
+        return
     learned = sum(1 for label in row["labels"] if label != IGNORE)
     console.print(Text.assemble((f"{split}[{index}]", "bold"), plain(f" from {row['source']}: "),
                                 f"{len(row['input_ids'])} tokens, ", (f"{learned} learned", LEARNED_STYLE),

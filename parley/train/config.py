@@ -102,8 +102,17 @@ class LogConfig:
 
 
 @dataclass
+class DpoConfig:
+    """Preference tuning, when method = "dpo" (see parley/train/dpo.py)."""
+
+    beta: float = 0.1  # how far the tuned model may move from the reference: lower moves further
+    loss: Literal["sigmoid", "hinge", "ipo"] = "sigmoid"  # sigmoid = DPO, hinge = SLiC, ipo = IPO (log-ratios averaged per token)
+    reference: str = ""  # the reference model: "" = the starting model (LoRA: its adapters disabled, no copy; full: a frozen copy), or a model spec
+
+
+@dataclass
 class TrainConfig:
-    """One fine-tuning run. Sections: data, lora, optim, eval, checkpoint, log."""
+    """One fine-tuning run. Sections: data, lora, optim, eval, checkpoint, log, dpo."""
 
     model: str = "smollm2"  # the model to start from: smollm2 (built in), a save_pretrained dir, or a hub id
     out_dir: str = "runs/train"  # RUN_DIR: config.json, metrics.jsonl, loss.png, checkpoints/, final/
@@ -115,15 +124,18 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = the GPU when there is one
     seed: int = 0  # fixes adapter init, data order and dropout, so a run (and its resume) is reproducible
+    method: Literal["sft", "dpo"] = "sft"  # sft: learn the replies in the data; dpo: prefer chosen to rejected replies (preference data)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
 
     @property
-    def method(self) -> str:
+    def tuning(self) -> str:
+        """Which weights train: `lora` (adapters) or `full` (every weight)."""
         return "lora" if self.lora.r > 0 else "full"
 
     def check(self) -> TrainConfig:
@@ -155,6 +167,7 @@ class TrainConfig:
             ("checkpoint.every", self.checkpoint.every >= 0, "0 (at each evaluation) or more"),
             ("checkpoint.keep_last", self.checkpoint.keep_last >= 1, "at least 1"),
             ("log.every", self.log.every >= 1, "at least 1"),
+            ("dpo.beta", self.dpo.beta > 0 and math.isfinite(self.dpo.beta), "a positive number, e.g. 0.1"),
         ]
         for key, ok, allowed in rules:
             if not ok:

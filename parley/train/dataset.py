@@ -5,6 +5,9 @@ manifest.json) or anything `parley data prepare --source` takes (`chatterbot`, `
 sources are prepared once, each into its own RUN_DIR/data/NN directory, with the run's tokenizer and
 chat template; a resumed run reuses them, so it reads exactly the rows the first attempt read.
 
+Conversations (SFT) and preferences (DPO, `method = "dpo"`) are prepared differently; a source of the
+other kind is refused with the fix. DPO reads only paired rows (unpaired thumbs are left out).
+
 Refused, with the reason: a prepared dir whose tokenizer (vocabulary fingerprint) is not the model's,
 and prepared dirs that disagree on the chat template. The run trains with the data's template (the
 model's own when every source is raw) and saves that one with the model: the template a model was
@@ -23,6 +26,7 @@ from parley.templates import fingerprint
 from parley.train.batches import seq2seq_rows
 
 COLUMNS = ("input_ids", "labels", "position_ids")  # what training reads; `source` is for people
+PREFERENCE_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # what DPO reads
 
 
 @dataclass
@@ -57,7 +61,7 @@ def preflight(specs: list[str]) -> None:
 
 def open_data(specs: list[str], run_dir: Path, tokenizer, template: str, accelerator, *,
               max_len: int, val_ratio: float, pack: bool, context_window: int, seq2seq: bool, say,
-              clean=None) -> TrainData:
+              clean=None, kind: str = "sft") -> TrainData:
     """Prepare what is raw (main process first), check every manifest, open the splits."""
     import datasets
 
@@ -78,13 +82,17 @@ def open_data(specs: list[str], run_dir: Path, tokenizer, template: str, acceler
             dirs.append(target)
     for spec, d in zip(specs, dirs):
         _check_tokenizer(d, spec, tokenizer)
+        _check_kind(d, spec, kind)
 
     trains, vals = [], []
     for d in dirs:
         splits = datasets.load_from_disk(str(d))
-        trains.append(_training_columns(splits["train"], seq2seq))
+        trains.append(_training_columns(splits["train"], seq2seq, kind))
         if "validation" in splits and len(splits["validation"]):
-            vals.append(_training_columns(splits["validation"], seq2seq))
+            vals.append(_training_columns(splits["validation"], seq2seq, kind))
+    if kind == "preference" and not sum(len(t) for t in trains):
+        raise DataError(f"{', '.join(specs)}: no chosen/rejected pairs to train on (thumbs up or down alone "
+                        "are unpaired; DPO learns from edits, picks between versions, and paired records)")
     sizes = [len(t) for t in trains]
     train = datasets.concatenate_datasets(trains) if len(trains) > 1 else trains[0]
     val = (datasets.concatenate_datasets(vals) if len(vals) > 1 else vals[0]) if vals else None
@@ -129,7 +137,19 @@ def _check_tokenizer(d: Path, spec: str, tokenizer) -> None:
         )
 
 
-def _training_columns(split, seq2seq: bool):
+def _check_kind(d: Path, spec: str, kind: str) -> None:
+    theirs = Manifest.read(d).settings.get("kind", "sft")
+    if theirs != kind:
+        fix = ("set method=dpo to learn from preferences" if theirs == "preference" else
+               "method=dpo needs preference data: --source feedback, prefs:FILE, or a prompt/chosen/rejected file")
+        raise DataError(f"{spec} holds {'preferences' if theirs == 'preference' else 'conversations'}, "
+                        f"not {'preferences' if kind == 'preference' else 'conversations'}: {fix}")
+
+
+def _training_columns(split, seq2seq: bool, kind: str = "sft"):
+    if kind == "preference":  # DPO needs both replies; a thumbs up or down alone is left out
+        split = split.select_columns(list(PREFERENCE_COLUMNS))
+        return split.filter(lambda r: bool(r["chosen_ids"]) and bool(r["rejected_ids"]), keep_in_memory=True)
     split = split.select_columns([c for c in COLUMNS if c in split.column_names])
     if seq2seq:
         split = split.map(seq2seq_rows, batched=True, remove_columns=split.column_names, keep_in_memory=True)

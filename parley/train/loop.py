@@ -17,6 +17,10 @@ uninterrupted run's. RUN_DIR/config.json is written before anything slow (model 
 preparation), so a run killed at any moment after it began can be resumed; one with no checkpoint
 yet starts again from step 0.
 
+Preference tuning (`method = "dpo"`, dpo.py): the same loop over preference rows, the loss per pair
+instead of per token, DPO's rewards logged beside the loss, and RUN_DIR/final/preference.json naming
+the reference model for `parley eval preference`.
+
 Limits: the optimizer is AdamW; FSDP and DeepSpeed come from the accelerate config, untested here
 beyond 2-process DDP on CPU (gloo).
 """
@@ -33,7 +37,7 @@ from pathlib import Path
 
 from parley.errors import ConfigError, ParleyError
 from parley.files import replace_dir, write_atomic
-from parley.train import checkpoint, dataset
+from parley.train import checkpoint, dataset, dpo
 from parley.train.batches import IGNORE, Plan, collate, learned_tokens
 from parley.train.config import TrainConfig, apply_overrides, from_dict, to_dict
 from parley.train.monitor import Monitor, Speed, truncate_metrics
@@ -116,6 +120,8 @@ def _run(config: TrainConfig, resuming: bool) -> Path:
     with accelerator.main_process_first():  # the first use of the embedded model converts it, once
         loaded = models.load(config.model, device="cpu", dtype="float32")
     seq2seq = bool(getattr(loaded.model.config, "is_encoder_decoder", False))
+    if seq2seq and config.method == "dpo":
+        raise ConfigError("method = 'dpo' trains decoder-only (causal) models; this one is an encoder-decoder")
     data, plan = _data(config, loaded, run_dir, accelerator, seq2seq)
     total = config.max_steps or max(1, math.ceil(config.epochs * plan.steps_per_epoch))
     if config.optim.warmup_steps >= total:
@@ -123,15 +129,18 @@ def _run(config: TrainConfig, resuming: bool) -> Path:
                           f"steps, so the learning rate never reaches optim.lr = {config.optim.lr:g}: lower it "
                           f"(about a tenth of the steps is usual)")
     model, optimizer, scheduler = _optimized(loaded.model, config, seq2seq, total)
+    if config.method == "dpo":
+        dpo.disable_dropout(model)  # the policy must equal its reference at step 0
     model, optimizer = accelerator.prepare(model, optimizer)
+    objective = _objective(config, accelerator)
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
-    if config.method == "lora":
+    if config.tuning == "lora":
         accelerator.register_save_state_pre_hook(_keep_trainable_weights)
 
     resumed_from = checkpoint.latest(run_dir) if resuming else None
     if resumed_from is not None:
-        checkpoint.load(accelerator, resumed_from, strict=config.method == "full")
+        checkpoint.load(accelerator, resumed_from, strict=config.tuning == "full")
         _say(accelerator, f"resumed from {resumed_from} (step {state.step} of {total})")
     else:
         if resuming:
@@ -145,8 +154,9 @@ def _run(config: TrainConfig, resuming: bool) -> Path:
     monitor = Monitor(accelerator, run_dir, total, state.step, progress=config.log.progress)
     max_len = config.data.max_len or loaded.context_window
     decoder_inputs = getattr(loaded.model, "prepare_decoder_input_ids_from_labels", None) if seq2seq else None
-    trainer = _Steps(accelerator, model, optimizer, scheduler, data, plan, _RowStats(data.train, seq2seq, max_len),
-                     config, seq2seq, max_len, loaded.tokenizer.pad_token_id, decoder_inputs)
+    trainer = _Steps(accelerator, model, optimizer, scheduler, data, plan,
+                     _RowStats(data.train, seq2seq, max_len, config.method),
+                     config, seq2seq, max_len, loaded.tokenizer.pad_token_id, decoder_inputs, objective)
     try:
         _loop(trainer, state, total, config, monitor, run_dir)
         final = _save_final(accelerator, model, loaded, data.template, config, run_dir, monitor)
@@ -166,6 +176,7 @@ def _data(config: TrainConfig, loaded, run_dir: Path, accelerator, seq2seq: bool
         config.data.sources, run_dir, loaded.tokenizer, loaded.template, accelerator,
         max_len=config.data.max_len, val_ratio=config.data.val_ratio, pack=config.data.pack, clean=config.data.clean,
         context_window=loaded.context_window, seq2seq=seq2seq, say=lambda text: _say(accelerator, text),
+        kind="preference" if config.method == "dpo" else "sft",
     )
     if data.template != loaded.template:
         _say(accelerator, "training with the chat template the data was prepared with (not the model's own); "
@@ -180,6 +191,16 @@ def _data(config: TrainConfig, loaded, run_dir: Path, accelerator, seq2seq: bool
             f"an epoch of training data ({plan.epoch_rows} rows): lower batch_size or grad_accum, or add data"
         )
     return data, plan
+
+
+def _objective(config: TrainConfig, accelerator):
+    """The DPO objective with its reference model (None for SFT, whose loss is `_Steps._loss_sum`'s)."""
+    if config.method != "dpo":
+        return None
+    reference = None  # LoRA: the policy with its adapters disabled
+    if config.tuning == "full" or config.dpo.reference:
+        reference = dpo.frozen_reference(config.dpo.reference or config.model, accelerator.device)
+    return dpo.Objective(config.dpo, accelerator, reference)
 
 
 def _optimized(model, config: TrainConfig, seq2seq: bool, total: int):
@@ -205,25 +226,25 @@ def _loop(trainer: _Steps, state: TrainState, total: int, config: TrainConfig, m
     last_saved = -1
     if state.step == 0 and config.eval.at_start:
         monitor.phase("validation")
-        _record_eval(trainer.evaluate(), state, config, monitor)
+        _record_eval(trainer.evaluate(), state, config, monitor, trainer.eval_stats)
         speed.restart()
     monitor.phase("train")
     while state.step < total:
         lr = trainer.scheduler.get_last_lr()[0]  # the rate this step uses
-        loss, grad_norm, tokens = trainer.step(state.step)
+        loss, grad_norm, tokens, extras = trainer.step(state.step)
         state.step += 1
         state.tokens += tokens
         rate = speed.tick(tokens)
         if state.step % config.log.every == 0 or state.step == total:
             monitor.log({"step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                         "tokens_per_s": round(rate, 1), "tokens": state.tokens, "time": time.time()})
+                         "tokens_per_s": round(rate, 1), "tokens": state.tokens, "time": time.time(), **extras})
         monitor.advance(state.step, loss, lr, rate)
 
         val_loss, stop = None, False
         if (eval_every and state.step % eval_every == 0) or state.step == total:
             monitor.phase("validation")
             val_loss = trainer.evaluate()
-            stop = _record_eval(val_loss, state, config, monitor)
+            stop = _record_eval(val_loss, state, config, monitor, trainer.eval_stats)
         improved = val_loss is not None and state.best_step == state.step
         if (save_every and state.step % save_every == 0) or state.step == total or stop or (improved and config.checkpoint.keep_best):
             monitor.phase("checkpoint")
@@ -237,18 +258,24 @@ def _loop(trainer: _Steps, state: TrainState, total: int, config: TrainConfig, m
                         f"(step {state.best_step}) in {config.eval.patience} evaluations")
             break
     if config.checkpoint.final == "best" and (best := checkpoint.best(run_dir)) is not None:
-        checkpoint.load(trainer.accelerator, best, strict=config.method == "full")
+        checkpoint.load(trainer.accelerator, best, strict=config.tuning == "full")
         monitor.say(f"RUN_DIR/final holds the best checkpoint, {best.name}")
 
 
-def _record_eval(val_loss: float | None, state: TrainState, config: TrainConfig, monitor: Monitor) -> bool:
+def _record_eval(val_loss: float | None, state: TrainState, config: TrainConfig, monitor: Monitor,
+                 stats: dict | None = None) -> bool:
     """Log an evaluation and update early stopping; True when the run should stop."""
     if val_loss is None:
         return False
-    ppl = math.exp(min(val_loss, 50))
-    monitor.log({"step": state.step, "val_loss": val_loss, "val_ppl": ppl})
+    if config.method == "dpo":  # a preference loss has no perplexity; its rewards say more
+        monitor.log({"step": state.step, "val_loss": val_loss, **{f"val_{k}": v for k, v in (stats or {}).items()}})
+        monitor.say(f"step {state.step}: validation loss {val_loss:.4f}, reward accuracy "
+                    f"{(stats or {}).get('reward_accuracy', float('nan')):.3f}")
+    else:
+        ppl = math.exp(min(val_loss, 50))
+        monitor.log({"step": state.step, "val_loss": val_loss, "val_ppl": ppl})
+        monitor.say(f"step {state.step}: validation loss {val_loss:.4f}, perplexity {ppl:.2f}")
     monitor.plot()
-    monitor.say(f"step {state.step}: validation loss {val_loss:.4f}, perplexity {ppl:.2f}")
     improved = val_loss < state.best_val - config.eval.min_delta  # what early stopping counts
     if val_loss < state.best_val:  # the best checkpoint is simply the lowest loss
         state.best_val, state.best_step = val_loss, state.step
@@ -259,8 +286,12 @@ def _record_eval(val_loss: float | None, state: TrainState, config: TrainConfig,
 class _RowStats:
     """Length and learned-token count of every training row, computed once (a column scan)."""
 
-    def __init__(self, train, seq2seq: bool, max_len: int):
+    def __init__(self, train, seq2seq: bool, max_len: int, method: str = "sft"):
         def stats(batch):
+            if method == "dpo":  # two sequences a row; the unit of loss is the pair
+                pairs = zip(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"])
+                return {"n": [min(len(p) + len(c), max_len) + min(len(p) + len(r), max_len) for p, c, r in pairs],
+                        "learned": [1] * len(batch["prompt_ids"])}
             return {
                 "n": [min(len(x), max_len) for x in batch["input_ids"]],
                 "learned": [learned_tokens({"labels": y}, seq2seq, max_len) for y in batch["labels"]],
@@ -274,13 +305,18 @@ class _RowStats:
 class _Steps:
     """One optimizer step and one evaluation, on this process's share of the data."""
 
-    def __init__(self, accelerator, model, optimizer, scheduler, data, plan, rows, config, seq2seq, max_len, pad_id, decoder_inputs):
+    def __init__(self, accelerator, model, optimizer, scheduler, data, plan, rows, config, seq2seq, max_len, pad_id,
+                 decoder_inputs, objective=None):
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.data, self.plan, self.rows, self.config = data, plan, rows, config
         self.seq2seq, self.max_len, self.pad_id, self.decoder_inputs = seq2seq, max_len, pad_id, decoder_inputs
+        self.objective = objective  # dpo.Objective, or None: cross-entropy on the learned tokens
+        self.stat_names = dpo.STATS if objective is not None else ()
+        self.eval_stats: dict = {}  # the last evaluation's means of stat_names
 
-    def step(self, step: int) -> tuple[float, float, int]:
-        """Train step `step` (0-based); returns (mean loss per learned token, gradient norm, tokens)."""
+    def step(self, step: int) -> tuple[float, float, int, dict]:
+        """Train step `step` (0-based); returns (mean loss per learned token, or per pair for DPO,
+        gradient norm, tokens, the objective's other means: DPO's rewards)."""
         import torch
 
         acc, world = self.accelerator, self.accelerator.num_processes
@@ -289,14 +325,18 @@ class _Steps:
         micro = self.plan.micro_batches(step, acc.process_index, world)
         self.model.train()
         total = torch.zeros((), device=acc.device)
+        stats = torch.zeros(len(self.stat_names), device=acc.device)
         try:
             for k, indices in enumerate(micro):
                 batch = self._batch(indices)
                 with nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model):
-                    loss_sum = self._loss_sum(batch)
+                    loss_sum, extra = self._loss_sum(batch)
                     acc.backward(loss_sum * (world / learned))
                 total += loss_sum.detach()
+                stats += extra
             loss = float(acc.reduce(total, "sum")) / learned
+            extras = {name: float(v) / learned for name, v in zip(self.stat_names, acc.reduce(stats, "sum"))} \
+                if self.stat_names else {}
             clip = self.config.optim.grad_clip or math.inf
             grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), clip))
         except (torch.OutOfMemoryError, RuntimeError) as e:
@@ -313,7 +353,7 @@ class _Steps:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm, sum(self.rows.length[i] for i in rows)
+        return loss, grad_norm, sum(self.rows.length[i] for i in rows), extras
 
     def evaluate(self) -> float | None:
         """Mean validation loss per learned token over every process, or None without validation data."""
@@ -328,29 +368,46 @@ class _Steps:
         mine = chosen[acc.process_index :: world]
         # Every process runs the same number of forwards (FSDP needs it); a short one repeats row 0 at weight 0.
         count = math.ceil(math.ceil(n / world) / size)
-        totals = torch.zeros(2, device=acc.device)  # (loss sum, learned tokens)
+        totals = torch.zeros(2 + len(self.stat_names), device=acc.device)  # (loss sum, learned units, stats)
         self.model.eval()
         with torch.no_grad():
             for b in range(count):
                 indices = mine[b * size : (b + 1) * size]
                 weight = 1.0 if indices else 0.0
-                batch = collate([val[i] for i in (indices or [0])], self.pad_id, self.seq2seq, self.max_len)
-                batch = {k: v.to(acc.device) for k, v in batch.items()}
-                totals[0] += weight * self._loss_sum(batch)
-                totals[1] += weight * _count_learned(batch["labels"], self.seq2seq)
+                batch = self._collate([val[i] for i in (indices or [0])])
+                loss_sum, extra = self._loss_sum(batch)
+                totals[0] += weight * loss_sum
+                totals[1] += weight * (batch["input_ids"].shape[0] // 2 if self.objective is not None
+                                       else _count_learned(batch["labels"], self.seq2seq))
+                totals[2:] += weight * extra
         self.model.train()
         totals = acc.reduce(totals, "sum")
-        return float(totals[0] / totals[1]) if totals[1] > 0 else None
+        if totals[1] <= 0:
+            return None
+        self.eval_stats = {name: float(v / totals[1]) for name, v in zip(self.stat_names, totals[2:])}
+        return float(totals[0] / totals[1])
 
     def _batch(self, indices: list[int]) -> dict:
         columns = self.data.train[indices]
         rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-        batch = collate(rows, self.pad_id, self.seq2seq, self.max_len)
+        return self._collate(rows)
+
+    def _collate(self, rows: list[dict]) -> dict:
+        if self.objective is not None:
+            batch = dpo.collate(rows, self.pad_id, self.max_len)
+        else:
+            batch = collate(rows, self.pad_id, self.seq2seq, self.max_len)
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 
     def _loss_sum(self, batch: dict):
-        """Summed cross-entropy over the learned tokens of `batch` (fp32 logits)."""
+        """(summed loss of `batch`, summed stats): the objective's, or the cross-entropy over the learned
+        tokens (fp32 logits) with no stats."""
+        import torch
         import torch.nn.functional as F
+
+        if self.objective is not None:
+            return self.objective.loss_sum(self.model, batch)
+        none = torch.zeros(0, device=self.accelerator.device)
 
         if self.seq2seq:
             out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -360,7 +417,7 @@ class _Steps:
             out = self.model(input_ids=batch["input_ids"], use_cache=False, **causal_inputs(batch))
             # Token t predicts t+1: shift the labels (padding the end) rather than copy the (B, T, V) logits.
             logits, targets = out.logits, F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum"), none
 
 
 def causal_inputs(batch: dict) -> dict:
@@ -384,7 +441,7 @@ def _trainable(model, config: TrainConfig, seq2seq: bool):
     if config.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad, so it works under LoRA too.
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if config.method == "full":
+    if config.tuning == "full":
         return model
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -437,8 +494,15 @@ def _save_final(accelerator, model, loaded, template: str, config: TrainConfig, 
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
-        if config.method == "lora":
+        if config.tuning == "lora":
             _point_adapter_at_base(tmp, config.model)
+        if config.method == "dpo":  # what `parley eval preference` measures the implicit reward against
+            reference = config.dpo.reference or config.model
+            path = Path(reference).expanduser()
+            (tmp / dpo.PREFERENCE_FILE).write_text(json.dumps({
+                "method": "dpo", "beta": config.dpo.beta, "loss": config.dpo.loss,
+                "reference": str(path.resolve()) if path.exists() else reference,
+                "adapters_off": config.tuning == "lora" and not config.dpo.reference}, indent=1) + "\n")
         tokenizer = loaded.tokenizer
         tokenizer.chat_template = template
         tokenizer.save_pretrained(str(tmp))
@@ -469,7 +533,7 @@ def _oom_advice(config: TrainConfig, step: int, max_len: int) -> str:
     advice = [f"lower batch_size (now {config.batch_size}) and raise grad_accum to keep the global batch"]
     if not config.gradient_checkpointing:
         advice.append("set gradient_checkpointing=true")
-    if config.method == "full":
+    if config.tuning == "full":
         advice.append("train LoRA adapters instead of every weight (lora.r=16)")
     import torch
 

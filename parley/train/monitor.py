@@ -1,4 +1,5 @@
 """Watching a run: the progress bar, RUN_DIR/metrics.jsonl, RUN_DIR/loss.png and accelerate's trackers.
+(A DPO run's loss.png also draws its reward accuracy, train and validation, on a second axis.)
 
 Only the main process writes. Every logged record is one JSON line in metrics.jsonl
 (`{"step", "loss", "lr", "tokens_per_s", ...}` for training, `{"step", "val_loss", "val_ppl"}` for
@@ -177,14 +178,32 @@ def plot_losses(metrics: Path, out: Path) -> None:
     if val:
         ax.plot(*zip(*val), "o-", label="validation", linewidth=1.5, color="C1")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats per token)")
+    ax.set_ylabel("loss (nats per pair)" if any("reward_accuracy" in r for r in records) else "loss (nats per token)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles = _reward_accuracy(ax, records)
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + handles)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
     write_atomic(Path(out), buffer.getvalue())
+
+
+def _reward_accuracy(ax, records: list[dict]) -> list:
+    """A DPO run's reward accuracy (train and validation) on a second axis, 0 to 1; the lines drawn."""
+    train = [(r["step"], r["reward_accuracy"]) for r in records if "reward_accuracy" in r]
+    val = [(r["step"], r["val_reward_accuracy"]) for r in records if "val_reward_accuracy" in r]
+    if not (train or val):
+        return []
+    right = ax.twinx()
+    right.set_ylim(0, 1.05)
+    right.set_ylabel("reward accuracy")
+    lines = []
+    if train:
+        lines += right.plot(*zip(*train), label="reward accuracy (train)", linewidth=1, alpha=0.5, color="C2")
+    if val:
+        lines += right.plot(*zip(*val), "s--", label="reward accuracy (validation)", linewidth=1.5, color="C3")
+    return lines
 
 
 class Speed:

@@ -131,3 +131,18 @@ def test_the_stores_feedback_is_a_source(tmp_path, chat_tokenizer, monkeypatch):
     manifest = prepare(["feedback"], tmp_path / "out", chat_tokenizer, chat_tokenizer.chat_template,
                        PrepareConfig(val_ratio=0.0))
     assert manifest.sources[0]["pairs"] == 1 and manifest.sources[0]["unpaired"] == 1
+
+
+def test_stats_and_show_read_a_preference_dataset(tmp_path, chat_tokenizer):
+    from rich.console import Console
+
+    from parley.data.view import show, stats
+
+    path = write_jsonl(tmp_path / "p.jsonl", [LAYOUTS["trl strings"]])
+    prepare([str(path)], tmp_path / "out", chat_tokenizer, chat_tokenizer.chat_template, PrepareConfig(val_ratio=0.0))
+    report = stats(tmp_path / "out")
+    assert report["splits"]["train"]["examples"] == 1 and report["splits"]["train"]["loss_tokens"] > 0
+    console = Console(record=True, width=200)
+    show(tmp_path / "out", 0, console=console)
+    text = console.export_text()
+    assert Q in text and f"chosen: {GOOD}" in text and f"rejected: {WORSE}" in text

@@ -78,3 +78,42 @@ def test_code_command_without_samples_uses_the_built_in_model(embedded_dir, tmp_
     run("code", "--limit", "1", "--max-new-tokens", "8", "--k", "1", "--out", str(out))
     results = json.loads(out.read_text())
     assert results["model"] == "smollm2" and results["details"]["samples"] == 1
+
+
+def test_preference_command_and_compare(model_dir, tmp_path):
+    """A model that is not a DPO run is scored by log-likelihood; the numbers are the model's own."""
+    import torch
+
+    from parley.models import load
+
+    rows = [{"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": f"No {i}!"} for i in range(6)]
+    rows.append({"prompt": "Hi", "completion": "Hello", "label": True})  # unpaired: left out, counted
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "pref.json"
+    run("preference", "--model", str(model_dir), "--source", str(tmp_path / "prefs.jsonl"), "--out", str(out))
+    results = json.loads(out.read_text())
+    assert results["kind"] == "preference" and results["settings"]["measure"] == "log_likelihood"
+    assert results["details"]["pairs"] == 6 and results["details"]["unpaired"] == 1
+
+    loaded = load(str(model_dir), device="cpu")
+    margins = []
+    for r in rows[:6]:  # the same measure, by hand: sum of log p over each reply's tokens after the context
+        context = loaded.tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
+                                                       add_generation_prompt=True)
+        scores = []
+        for reply in (r["chosen"], r["rejected"]):
+            whole = loaded.tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]},
+                                                          {"role": "assistant", "content": reply}], tokenize=False)
+            said = whole[len(context):].rstrip()
+            ids = loaded.tokenizer(context + said, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            n = len(loaded.tokenizer(context, add_special_tokens=False)["input_ids"])
+            with torch.inference_mode():
+                logps = torch.log_softmax(loaded.model(input_ids=ids).logits[0, :-1].float(), -1)
+            scores.append(float(logps[n - 1:].gather(1, ids[0, n:, None]).sum()))
+        margins.append(scores[0] - scores[1])
+    metrics = results["metrics"]
+    assert metrics["loglik_margin"] == pytest.approx(sum(margins) / 6, rel=1e-4)
+    assert metrics["loglik_accuracy"] == sum(m > 0 for m in margins) / 6 == metrics["reward_accuracy"]
+    assert "| loglik_accuracy |" in out.with_suffix(".md").read_text()
+    compared = CliRunner().invoke(app, ["eval", "compare", str(out), str(out), "--chart", str(tmp_path / "c.png")])
+    assert compared.exit_code == 0 and "reward_accuracy" in compared.output

@@ -410,3 +410,49 @@ def test_why_shows_a_heatmap_of_the_prompt_for_a_reply_or_a_selected_part(browse
     expect(page.locator(".why p")).to_contain_text("a + b")
     assert errors == [] and page.evaluate("() => window.violations") == []
     ctx.close()
+
+
+def test_feedback_edit_and_versions_on_the_page(browser, web):
+    """Thumbs with a note, ‹1/2› between a reply and its regeneration (the choice survives a reload),
+    and editing a reply: each lands in the store through the feedback routes."""
+    url = web[0]
+    ctx, page, errors = open_page(browser, url, viewport={"width": 1000, "height": 800})
+    page.wait_for_selector("#app:not([hidden])")
+    page.click("#toggle-settings")
+    page.fill("#max_new_tokens", "8")
+    page.fill("#temperature", "1.0")
+    page.click("#toggle-settings")
+    page.fill("#input", "Name a colour")
+    page.press("#input", "Enter")
+    wait_reply_done(page, 1)
+    bar = page.locator(".message.assistant .feedback")
+    expect(bar.locator(".rate-bad")).to_be_visible()
+    cid = page.evaluate("location.hash").lstrip("#")
+
+    page.once("dialog", lambda dialog: dialog.accept("too vague"))
+    bar.locator(".rate-bad").click()
+    expect(bar.locator(".rate-bad")).to_have_attribute("aria-pressed", "true")
+    (rated,) = httpx.get(f"{url}/v1/conversations/{cid}/feedback").json()["data"]
+    assert (rated["kind"], rated["note"]) == ("bad", "too vague")
+
+    page.click("#regenerate")
+    wait_reply_done(page, 1)
+    expect(page.locator(".message.assistant .feedback .versions")).to_have_text("2/2")
+    reply_id = httpx.get(f"{url}/v1/conversations/{cid}").json()["messages"][-1]["id"]
+    first, second = httpx.get(f"{url}/v1/conversations/{cid}/messages/{reply_id}/versions").json()["data"]
+    page.locator(".message.assistant .feedback .previous").click()
+    expect(page.locator(".message.assistant .feedback .versions")).to_have_text("1/2")
+    page.reload()  # the version chosen is the one stored
+    expect(page.locator(".message.assistant .feedback .versions")).to_have_text("1/2")
+    assert page.locator(".message.assistant .body").inner_text().strip() == first.strip()
+
+    page.locator(".message.assistant .feedback .edit").click()
+    page.fill(".message.assistant .edit-reply", "Blue.")
+    page.click(".message.assistant .save-edit")
+    expect(page.locator(".message.assistant .feedback .versions")).to_have_text("3/3")
+    assert page.locator(".message.assistant .body").inner_text().strip() == "Blue."
+    kinds = {f["kind"] for f in httpx.get(f"{url}/v1/conversations/{cid}/feedback").json()["data"]}
+    assert {"bad", "edit"} <= kinds and (("pick" in kinds) == (first != second))
+    page.screenshot(path=str(ARTIFACTS / "web-feedback.png"))
+    assert errors == []
+    ctx.close()

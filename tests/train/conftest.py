@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from .train_task import build_tokenizer, save_model, tiny_llama, write_task
+from .train_task import HELD_OUT, build_tokenizer, save_model, tiny_llama, write_preferences, write_task
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +56,20 @@ def prepared(task_file, tokenizer, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("prepared") / "greetings"
     prepare([f"chat:{task_file}"], out, tokenizer, template_for(tokenizer), PrepareConfig(max_len=64, val_ratio=0.1))
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def preferences(tokenizer, tmp_path_factory) -> dict:
+    """The preference task (train_task.write_preferences) prepared for the tiny tokenizer: `train` (its
+    validation split drawn by hash) and `held_out` (pairs of names and cities training never sees)."""
+    from parley.data.prepare import PrepareConfig, prepare
+    from parley.templates import template_for
+
+    root = tmp_path_factory.mktemp("preferences")
+    files = {"train": write_preferences(root / "train.jsonl"), "held_out": write_preferences(root / "held.jsonl", HELD_OUT)}
+    out = {}
+    for name, path in files.items():
+        out[name] = str(root / name)
+        prepare([str(path)], root / name, tokenizer, template_for(tokenizer),
+                PrepareConfig(max_len=64, val_ratio=0.1 if name == "train" else 0.0))
+    return out | {"held_out_file": str(files["held_out"])}

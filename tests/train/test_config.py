@@ -40,7 +40,7 @@ def test_toml_then_set_overrides_with_types(tmp_path):
     assert (config.model, config.max_steps, config.out_dir) == ("gpt2", 99, "runs/x")
     # A relative input is found beside the config file, whatever the working directory.
     assert config.data.sources == ["chatterbot", f"pairs:{tmp_path / 'src'}"] and config.data.weights == [1.0, 0.5]
-    assert (config.lora.r, config.method, config.optim.lr, config.optim.schedule) == (16, "lora", 2e-4, "linear")
+    assert (config.lora.r, config.tuning, config.optim.lr, config.optim.schedule) == (16, "lora", 2e-4, "linear")
     assert config.gradient_checkpointing is True and config.lora.target_modules == ["q_proj", "v_proj"]
     assert load_config(None, ["data.sources=chatterbot"]).data.sources == ["chatterbot"]  # a bare string is a 1-list
 

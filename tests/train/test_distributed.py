@@ -55,3 +55,26 @@ def test_two_processes_match_one_process_with_the_same_global_batch(llama_dir, p
     assert len(train_two) == 12 and not list((tmp_path / "two").glob(".tmp-*"))
     assert two.stdout.splitlines()[-1:] == [str(tmp_path / "two" / "final")]
     assert two.stdout.count(str(tmp_path / "two" / "final")) == 1
+
+
+def test_dpo_on_two_processes_matches_one_process(llama_dir, preferences, tmp_path):
+    """DPO with LoRA (the reference: adapters disabled inside DDP's wrapped model)."""
+    extra = ["method=dpo", "lora.r=4", "data.max_len=64"]
+
+    def settings(out, accum):
+        args = _settings(llama_dir, preferences["train"], out, accum)
+        args[args.index("max_steps=12")] = "max_steps=4"
+        return args + [a for s in extra for a in ("--set", s)]
+
+    one = run_cli(*settings(tmp_path / "one", accum=2))
+    assert one.returncode == 0, one.stderr
+    bin_dir = os.path.dirname(os.sys.executable)
+    two = run_cli(*settings(tmp_path / "two", accum=1), launcher=[os.path.join(bin_dir, LAUNCH[0]), *LAUNCH[1:]],
+                  env={"HF_HOME": str(tmp_path / "hf")})
+    assert two.returncode == 0, two.stderr
+    train_one, val_one = _metrics(tmp_path / "one")
+    train_two, val_two = _metrics(tmp_path / "two")
+    for key in ("loss", "reward_accuracy", "reward_margin", "rewards_chosen"):
+        assert [r[key] for r in train_two] == pytest.approx([r[key] for r in train_one], rel=1e-4, abs=1e-6), key
+    assert [r["val_loss"] for r in val_two] == pytest.approx([r["val_loss"] for r in val_one], rel=1e-4)
+    assert train_two[-1]["reward_margin"] > 0

@@ -90,3 +90,18 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 240, launcher:
     command = (launcher or [sys.executable]) + [str(Path(sys.executable).parent / "parley"), *args]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment, cwd=REPO)
+
+
+def write_preferences(path: Path, pairs: list[tuple[str, str]] | None = None) -> Path:
+    """The preference task, as TRL prompt/chosen/rejected JSONL: an introduction is answered in the "hi"
+    frame and a greeting request in the "hey" frame; the rejected reply is the other frame, or the right
+    frame with another person's name (so the preference needs the prompt's name copied, not one
+    memorised string)."""
+    with open(path, "w") as f:
+        for i, (n, c) in enumerate(pairs if pairs is not None else train_pairs()):
+            other = NAMES[(NAMES.index(n) + 1 + i % 3) % len(NAMES)]
+            for form, good, bad in (("intro", "hi", "hey"), ("greet", "hey", "hi")):
+                rejected = reply(n, c, bad) if i % 2 else reply(other, c, good)
+                f.write(json.dumps({"prompt": prompt(n, c, form), "chosen": [{"role": "assistant", "content": reply(n, c, good)}],
+                                    "rejected": [{"role": "assistant", "content": rejected}]}) + "\n")
+    return path

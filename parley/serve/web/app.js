@@ -321,7 +321,9 @@
     for (const m of c.messages) {
       const entry = addMessage(m.role, m.content);
       if (m.stopped) markStopped(entry);
+      if (m.role === "assistant") decorateReply(entry, m);
     }
+    await showRatings(c.id);
     showNotice("");
     closeSidebar();
     await loadList();
@@ -448,6 +450,7 @@
       state.abort = null;
       setBusy(false);
       loadList().catch(reportError);
+      if (reply.text) attachStored(reply).catch(reportError);
     }
   }
 
@@ -566,6 +569,121 @@
     messages.addEventListener("scroll", hideAlternatives);
     document.addEventListener("keydown", (event) => { if (event.key === "Escape") hideAlternatives(); });
     setConfidence(localStorage.getItem("parley.confidence") === "1");
+  }
+
+  // ---- Feedback and versions: thumbs with a note, editing a reply, ‹1/2› between regenerations ----
+  // Every judgement goes to /v1/conversations/{cid}/messages/{id}/... (the store keeps it for
+  // `parley data prepare --source feedback`); the version shown is stored, so a reload shows it.
+  async function attachStored(reply) {
+    const cid = state.cid;
+    const c = await api("GET", "/v1/conversations/" + encodeURIComponent(cid));
+    const last = c.messages[c.messages.length - 1];
+    if (cid === state.cid && last && last.role === "assistant" && state.messages[state.messages.length - 1] === reply) {
+      decorateReply(reply, last);
+    }
+  }
+
+  function decorateReply(entry, stored) {
+    entry.id = stored.id;
+    if (entry.bar) entry.bar.remove();
+    const bar = document.createElement("div");
+    bar.className = "feedback";
+    const base = "/v1/conversations/" + encodeURIComponent(state.cid) + "/messages/" + stored.id;
+    if ((stored.versions || 1) > 1) {
+      const label = document.createElement("span");
+      label.className = "versions";
+      label.textContent = stored.version + "/" + stored.versions;
+      const previous = feedbackButton("\u2039", "Previous version", () => showVersion(entry, base, stored.version - 1));
+      const next = feedbackButton("\u203A", "Next version", () => showVersion(entry, base, stored.version + 1));
+      previous.classList.add("previous");
+      next.classList.add("next");
+      previous.disabled = stored.version <= 1;
+      next.disabled = stored.version >= stored.versions;
+      bar.append(previous, label, next);
+    }
+    const up = feedbackButton("\uD83D\uDC4D", "Good reply", () => rate(entry, base, "good"));
+    const down = feedbackButton("\uD83D\uDC4E", "Bad reply", () => rate(entry, base, "bad"));
+    up.classList.add("rate-good");
+    down.classList.add("rate-bad");
+    const edit = feedbackButton("\u270E", "Edit this reply", () => editReply(entry, base));
+    edit.classList.add("edit");
+    bar.append(up, down, edit);
+    entry.bar = bar;
+    entry.box.append(bar);
+  }
+
+  function feedbackButton(text, title, action) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "icon";
+    button.title = title;
+    button.setAttribute("aria-label", title);
+    button.textContent = text;
+    button.addEventListener("click", () => action().catch(reportError));
+    return button;
+  }
+
+  function markRating(entry, rating) {
+    entry.bar.querySelector(".rate-good").setAttribute("aria-pressed", String(rating === "good"));
+    entry.bar.querySelector(".rate-bad").setAttribute("aria-pressed", String(rating === "bad"));
+  }
+
+  async function rate(entry, base, rating) {
+    const again = entry.bar.querySelector(".rate-" + rating).getAttribute("aria-pressed") === "true";
+    let note = null;
+    if (!again) { // a second click on the same thumb withdraws it
+      note = prompt(rating === "good" ? "What was good? (optional)" : "What was wrong? (optional)", "");
+    }
+    const body = { rating: again ? null : rating, note: note || null };
+    await api("POST", base + "/feedback", body);
+    markRating(entry, body.rating);
+  }
+
+  async function showRatings(cid) {
+    const { data } = await api("GET", "/v1/conversations/" + encodeURIComponent(cid) + "/feedback");
+    for (const f of data) {
+      const entry = state.messages.find((m) => m.id === f.message_id);
+      if (entry && entry.bar && (f.kind === "good" || f.kind === "bad")) markRating(entry, f.kind);
+    }
+  }
+
+  async function showVersion(entry, base, number) {
+    const answer = await api("POST", base + "/versions/" + number);
+    entry.text = answer.data[answer.version - 1];
+    renderMarkdown(entry.body, entry.text);
+    decorateReply(entry, { id: answer.id, version: answer.version, versions: answer.data.length });
+  }
+
+  async function editReply(entry, base) {
+    const area = document.createElement("textarea");
+    area.className = "edit-reply";
+    area.value = entry.text;
+    area.rows = Math.min(12, entry.text.split("\n").length + 1);
+    const save = document.createElement("button");
+    save.type = "button";
+    save.className = "save-edit";
+    save.textContent = "Save";
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.textContent = "Cancel";
+    const editor = document.createElement("div");
+    editor.className = "editor";
+    editor.append(area, save, cancel);
+    entry.body.hidden = true;
+    entry.bar.hidden = true;
+    entry.box.append(editor);
+    area.focus();
+    const close = () => { editor.remove(); entry.body.hidden = false; entry.bar.hidden = false; };
+    cancel.addEventListener("click", close);
+    save.addEventListener("click", () => (async () => {
+      const text = area.value.trim();
+      if (!text) return;
+      const stored = await api("PATCH", base, { content: text });
+      close();
+      entry.text = stored.content;
+      renderMarkdown(entry.body, entry.text);
+      decorateReply(entry, stored);
+    })().catch(reportError));
   }
 
   // ---- Narrow windows: the conversation list slides over the chat -----------------------------
