@@ -32,12 +32,16 @@ test-deps:
 chat: install
 	$(BIN)/parley chat
 
+# Two workers (pytest-xdist), one whole test file each at a time (module fixtures such as a live
+# server stay per file), each with one math thread: on 2 cores, two single-threaded workers finish
+# the suite sooner than one with two threads, as much of it waits on subprocesses, servers and browsers.
+TEST_WORKERS ?= 2
 test: install test-deps fuzz-deps
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Everything except the tests that load the real embedded model.
 test-fast: install test-deps fuzz-deps
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # The speed reference: llama.cpp (llama-cpp-python, built from source) in a venv of its own, never a
 # dependency of Parley. The benches run it in a subprocess with this venv's python. GGML_NATIVE tunes
