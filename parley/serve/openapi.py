@@ -180,6 +180,11 @@ class Conversation(BaseModel):
     message_count: int
 
 
+class ChatMessage(BaseModel):
+    role: str
+    content: str
+
+
 class StoredMessage(BaseModel):
     id: int = Field(description="The message's id in the store: what feedback, edits and picks name.")
     role: str
@@ -263,7 +268,7 @@ class ExplanationDocument(BaseModel):
     model: str
     template: dict
     parley_version: str
-    messages: list[StoredMessage]
+    messages: list[ChatMessage]
     reply: str
     prompt_tokens: list[str] = Field(description="The rendered prompt's tokens as text; joined, the prompt.")
     token_message: list[int] = Field(description="Per prompt token: its index into message_labels.")
