@@ -44,9 +44,14 @@ def test_the_toggle_colours_tokens_and_shows_alternatives(browser, server):
     page.wait_for_selector("#app:not([hidden])")
     page.click("#toggle-confidence")
     assert page.get_attribute("#toggle-confidence", "aria-pressed") == "true"
-    _ask(page, "Tell me a story.", 60)
-    page.wait_for_selector(".message.streaming .tok", timeout=60_000)  # coloured while it streams
+    # Coloured while it streams: noted by the page itself at each repaint (a fast reply can end before
+    # a poll from here would see it streaming).
+    page.evaluate("""() => { window.tokWhileStreaming = false; new MutationObserver(() => {
+        if (document.querySelector('.message.streaming .tok')) window.tokWhileStreaming = true;
+    }).observe(document.getElementById('messages'), { subtree: true, childList: true }); }""")
+    _ask(page, "Tell me a story.", 300)
     wait_reply_done(page, 1)
+    assert page.evaluate("window.tokWhileStreaming")
     tokens = page.locator(".message.assistant .tok")
     assert tokens.count() > 10
     painted = page.eval_on_selector_all(".message.assistant .tok", "els => els.map(e => [e.className, e.dataset.logprob])")

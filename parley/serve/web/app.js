@@ -247,6 +247,9 @@
   // The list, filtered by the search box (title words, any case) and grouped by when each
   // conversation last changed: Today, Yesterday, Previous 7 days, Previous 30 days, then months.
   function renderList() {
+    // A title being renamed in place stays: a refresh (a reply ending, a feedback click) would
+    // otherwise remove the input under the user's cursor. Its own finish renders the list.
+    if (state.renaming) return;
     const list = $("conversations");
     const words = $("search").value.toLowerCase().split(/\s+/).filter(Boolean);
     list.replaceChildren();
@@ -352,10 +355,12 @@
     item.replaceChildren(input);
     input.focus();
     input.select();
+    state.renaming = c.id;
     let done = false;
     const finish = async (save) => {
       if (done) return;
       done = true;
+      state.renaming = null;
       const title = input.value.trim();
       if (save && title !== (c.title || "")) {
         await api("PATCH", "/v1/conversations/" + c.id, { title });
