@@ -15,6 +15,10 @@ import pytest
 from tiny_models import tiny_gpt2, tiny_llama
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never the network, whatever the caller's environment says
+# pytest-xdist's workers set COLUMNS=80 and LINES=24, which Rich prefers to the size of the pseudo-
+# terminal a test opens: the chat would wrap at 80 columns under `make test` and not otherwise.
+for name in ("COLUMNS", "LINES"):
+    os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,6 +54,16 @@ def embedded_model(embedded_dir):
     from parley import models
 
     return models.load("smollm2")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, embedded_tokenizer) -> str:
+    """A tiny random Llama with the embedded tokenizer, saved as a model directory: what `--model DIR`
+    takes in CLI tests (chat through a pty, eval, explain)."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_llama(embedded_tokenizer).save_pretrained(path)
+    embedded_tokenizer.save_pretrained(path)
+    return str(path)
 
 
 @pytest.fixture
