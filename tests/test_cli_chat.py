@@ -19,7 +19,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from test_constraints import PERSON, check_person
-from tiny_models import tiny_llama
 
 PARLEY = str(Path(sys.executable).with_name("parley"))
 # A fresh prompt: prompt_toolkit draws "you>" and moves the cursor; its redraw of an accepted line
@@ -27,13 +26,6 @@ PARLEY = str(Path(sys.executable).with_name("parley"))
 PROMPT = re.compile(r"you>\x1b\[")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, embedded_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama(embedded_tokenizer).save_pretrained(path)
-    embedded_tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def run(*args, input=None, env=None):

@@ -7,7 +7,7 @@ import re
 
 import pexpect
 
-from test_cli_chat import run, say, spawn, tiny_dir  # noqa: F401 (tiny_dir is a fixture)
+from test_cli_chat import run, say, spawn
 
 COLOUR = re.compile(r"\x1b\[[0-9;]*(3[1-6]|38;5;\d+)m")  # a foreground colour: what the buckets paint
 ALTERNATIVES = re.compile(r"instead: ('.*?' [<\d.]+% · ){4}'.*?' [<\d.]+%")  # five alternatives

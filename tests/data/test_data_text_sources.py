@@ -227,7 +227,7 @@ def test_prepare_cleans_learns_every_token_and_packs_documents_with_eos_between(
     console = Console(record=True, width=300)
     print_stats(out, console=console)
     output = console.export_text()
-    assert "skipped: duplicate 1, too_short 1" in output
+    assert "2 left out (duplicate 1, too_short 1)" in output
     assert "cleaning (text: sources): min_chars 20, min_words 5," in output and "dedup" in output
 
 

@@ -5,19 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny_models import tiny_llama
 from typer.testing import CliRunner
 
 from parley.cli import app
 from parley.errors import ConfigError
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, embedded_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama(embedded_tokenizer).save_pretrained(path)
-    embedded_tokenizer.save_pretrained(path)
-    return path
 
 
 def run(*args: str) -> dict:
@@ -27,10 +19,10 @@ def run(*args: str) -> dict:
     return result
 
 
-def test_perplexity_command(model_dir, tmp_path):
+def test_perplexity_command(tiny_dir, tmp_path):
     (tmp_path / "held_out.py").write_text("def f(x):\n    return x * 2\n" * 20)
     out = tmp_path / "ppl.json"
-    run("perplexity", "--model", str(model_dir), "--source", str(tmp_path / "held_out.py"),
+    run("perplexity", "--model", str(tiny_dir), "--source", str(tmp_path / "held_out.py"),
         "--window", "32", "--stride", "16", "--out", str(out))
     results = json.loads(out.read_text())
     assert results["kind"] == "perplexity" and results["details"]["windows"] > 1
@@ -39,22 +31,22 @@ def test_perplexity_command(model_dir, tmp_path):
     assert "| bits_per_byte |" in out.with_suffix(".md").read_text()
 
 
-def test_dialogue_command(model_dir, tmp_path):
+def test_dialogue_command(tiny_dir, tmp_path):
     chats = tmp_path / "chats.jsonl"
     chats.write_text("".join(
         json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
         for q, a in [("Hi", "Hello!"), ("Bye", "Goodbye.")]
     ))
     out = tmp_path / "dia.json"
-    run("dialogue", "--model", str(model_dir), "--source", f"chat:{chats}", "--split", "all",
+    run("dialogue", "--model", str(tiny_dir), "--source", f"chat:{chats}", "--split", "all",
         "--max-new-tokens", "4", "--out", str(out))
     results = json.loads(out.read_text())
     assert results["details"]["conversations"] == 2 and "sacrebleu_signature" in results["details"]
 
 
-def test_code_command_generates_then_scores(model_dir, tmp_path):
+def test_code_command_generates_then_scores(tiny_dir, tmp_path):
     out = tmp_path / "code.json"
-    result = run("code", "--model", str(model_dir), "--limit", "2", "--max-new-tokens", "4", "--k", "1",
+    result = run("code", "--model", str(tiny_dir), "--limit", "2", "--max-new-tokens", "4", "--k", "1",
                  "--style", "completion", "--out", str(out))
     # Not a terminal: progress comes as plain lines (rich would print nothing until the end).
     assert "generate 2/2 elapsed" in result.stderr and "sandbox 2/2 elapsed" in result.stderr
@@ -80,7 +72,7 @@ def test_code_command_without_samples_uses_the_built_in_model(embedded_dir, tmp_
     assert results["model"] == "smollm2" and results["details"]["samples"] == 1
 
 
-def test_preference_command_and_compare(model_dir, tmp_path):
+def test_preference_command_and_compare(tiny_dir, tmp_path):
     """A model that is not a DPO run is scored by log-likelihood; the numbers are the model's own."""
     import torch
 
@@ -90,12 +82,12 @@ def test_preference_command_and_compare(model_dir, tmp_path):
     rows.append({"prompt": "Hi", "completion": "Hello", "label": True})  # unpaired: left out, counted
     (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "pref.json"
-    run("preference", "--model", str(model_dir), "--source", str(tmp_path / "prefs.jsonl"), "--out", str(out))
+    run("preference", "--model", str(tiny_dir), "--source", str(tmp_path / "prefs.jsonl"), "--out", str(out))
     results = json.loads(out.read_text())
     assert results["kind"] == "preference" and results["settings"]["measure"] == "log_likelihood"
     assert results["details"]["pairs"] == 6 and results["details"]["unpaired"] == 1
 
-    loaded = load(str(model_dir), device="cpu")
+    loaded = load(str(tiny_dir), device="cpu")
     margins = []
     for r in rows[:6]:  # the same measure, by hand: sum of log p over each reply's tokens after the context
         context = loaded.tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,

@@ -7,7 +7,6 @@ import json
 import random
 
 import pytest
-from tiny_models import tiny_llama
 from typer.testing import CliRunner
 
 from parley.cli import app
@@ -17,13 +16,6 @@ from parley.explain.layout import lay_out
 MESSAGES = [{"role": "user", "content": "Write add(a, b) in Python.\nKeep it short."}]
 REPLY = "def add(a, b):\n    return a + b"
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, embedded_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama(embedded_tokenizer).save_pretrained(path)
-    embedded_tokenizer.save_pretrained(path)
-    return path
 
 
 def test_deletion_curves_follow_the_definition(llama_loaded):
@@ -51,12 +43,12 @@ def test_bootstrap_interval_brackets_the_mean():
     assert bootstrap_ci([2.0] * 5, 100, 0) == (2.0, 2.0, 2.0)
 
 
-def test_eval_explain_on_a_users_jsonl(model_dir, tmp_path):
+def test_eval_explain_on_a_users_jsonl(tiny_dir, tmp_path):
     cases = tmp_path / "mine.jsonl"
     cases.write_text("".join(json.dumps({"messages": MESSAGES + [{"role": "assistant", "content": r}]}) + "\n"
                              for r in (REPLY, "return a + b", "a + b")))
     out = tmp_path / "faith.json"
-    result = CliRunner().invoke(app, ["eval", "explain", "--cases", str(cases), "--model", str(model_dir),
+    result = CliRunner().invoke(app, ["eval", "explain", "--cases", str(cases), "--model", str(tiny_dir),
                                       "--bins", "0.2,0.5", "--random-draws", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     results = json.loads(out.read_text())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny_models import tiny_llama
 from typer.testing import CliRunner
 
 from parley.cli import app
@@ -17,13 +16,6 @@ DIALOG = {"messages": [{"role": "system", "content": "Answer in code."},
                        {"role": "assistant", "content": "def add(a, b):\n    return a + b"}]}
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, embedded_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama(embedded_tokenizer).save_pretrained(path)
-    embedded_tokenizer.save_pretrained(path)
-    return path
-
 
 def explain(*args: str, ok: bool = True):
     result = CliRunner().invoke(app, ["explain", *args])
@@ -32,11 +24,11 @@ def explain(*args: str, ok: bool = True):
     return result
 
 
-def test_a_jsonl_record_exports_json_html_and_png(model_dir, tmp_path):
+def test_a_jsonl_record_exports_json_html_and_png(tiny_dir, tmp_path):
     data = tmp_path / "dialogs.jsonl"
     data.write_text(json.dumps(DIALOG) + "\n")
     out = tmp_path / "why.json"
-    result = explain("--jsonl", str(data), "--model", str(model_dir), "--method", "gxi,occlusion,ig", "--steps", "8",
+    result = explain("--jsonl", str(data), "--model", str(tiny_dir), "--method", "gxi,occlusion,ig", "--steps", "8",
                      "--contrast", "def sub(a, b):", "--out", str(out))
     assert "gradient_x_input" in result.output and "messages:" in result.output
     document = json.loads(out.read_text())
@@ -59,22 +51,22 @@ def test_a_jsonl_record_exports_json_html_and_png(model_dir, tmp_path):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_stored_conversation_and_a_span(model_dir, tmp_path):
+def test_a_stored_conversation_and_a_span(tiny_dir, tmp_path):
     store = Store()
     cid = store.new_conversation(model="tiny", system="Answer in code.", params={})
     for m in DIALOG["messages"][1:]:
         store.add_message(cid, m["role"], m["content"])
     out = tmp_path / "stored.json"
-    explain(cid[:8], "--model", str(model_dir), "--method", "gxi", "--span", "a + b", "--out", str(out))
+    explain(cid[:8], "--model", str(tiny_dir), "--method", "gxi", "--span", "a + b", "--out", str(out))
     document = json.loads(out.read_text())
     first, end = document["span"]
     assert "a + b" in "".join(t["text"] for t in document["reply_tokens"][first:end])
     assert len(document["attributions"]["gradient_x_input"]) == end - first < len(document["reply_tokens"])
 
 
-def test_a_prompt_is_answered_first_and_an_empty_answer_is_one_line(model_dir):
+def test_a_prompt_is_answered_first_and_an_empty_answer_is_one_line(tiny_dir):
     # The tiny random model's greedy reply is only special tokens: nothing to explain, said in one line.
-    result = explain("--prompt", "Say hi.", "--model", str(model_dir), "--method", "gxi", "--max-new-tokens", "6",
+    result = explain("--prompt", "Say hi.", "--model", str(tiny_dir), "--method", "gxi", "--max-new-tokens", "6",
                      ok=False)
     assert "the model's reply is empty" in str(result.exception)
 
@@ -90,8 +82,8 @@ def test_bad_input_is_one_line(args, message):
     assert result.exit_code != 0 and message in str(result.exception)
 
 
-def test_a_broken_jsonl_line_is_named(model_dir, tmp_path):
+def test_a_broken_jsonl_line_is_named(tiny_dir, tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps(DIALOG) + "\n{not json\n")
-    result = explain("--jsonl", str(data), "--record", "2", "--model", str(model_dir), ok=False)
+    result = explain("--jsonl", str(data), "--record", "2", "--model", str(tiny_dir), ok=False)
     assert f"{data}:2: not valid JSON" in str(result.exception)
