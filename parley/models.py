@@ -25,7 +25,7 @@ from parley.templates import extra_stops, template_for
 
 FINAL = "final"  # a training run's finished model, inside RUN_DIR (train/loop.py writes it)
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")  # int8: int8 weights, bf16 activations (quant.py)
 
 
 @dataclass
@@ -52,7 +52,15 @@ def load(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto") -
     torch_device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, torch_device)
     _quiet_transformers()
+    loaded = _load(spec, torch_device, torch_dtype)
+    if dtype == "int8":
+        from parley.quant import quantize_int8
 
+        quantize_int8(loaded.model)
+    return loaded
+
+
+def _load(spec: str, torch_device, torch_dtype) -> Loaded:
     if spec == embedded.NAME:
         path = embedded.ensure_cached(progress=_stderr)
     else:
@@ -217,6 +225,8 @@ def _resolve_dtype(dtype: str, device):
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
+    if dtype == "int8":  # loaded in bf16, then its linear layers' weights are quantized (quant.py)
+        return torch.bfloat16
     return getattr(torch, dtype)
 
 
