@@ -169,11 +169,22 @@ def _wait(server: subprocess.Popen, url: str, ready_path: str, errors) -> str:
             errors.seek(0)
             raise SystemExit(f"{server.args[0]} exited {server.returncode}:\n{errors.read()[-2000:]}")
         try:
-            with urllib.request.urlopen(url + ready_path, timeout=1):
-                return url
+            with urllib.request.urlopen(url + ready_path, timeout=1) as answer:
+                body = answer.read()
         except OSError:
             time.sleep(0.5)
+            continue
+        if not _compiling(body):  # parley: also done compiling its decode steps, which the turns measure
+            return url
+        time.sleep(0.5)
     raise SystemExit(f"{' '.join(server.args[:3])} did not answer {ready_path} in 300 s")
+
+
+def _compiling(body: bytes) -> bool:
+    try:
+        return bool(json.loads(body).get("compiling"))
+    except (ValueError, AttributeError):  # not parley's /health: nothing to wait for
+        return False
 
 
 def _free_port() -> int:

@@ -12,7 +12,7 @@ refuses a remote spec in one line before anything loads.
 
 from __future__ import annotations
 
-from parley import embedded, models
+from parley import compiled, embedded, models
 from parley.engine import Engine, LocalEngine
 from parley.errors import ConfigError
 from parley.models import Loaded
@@ -21,11 +21,12 @@ REMOTE = "openai:"  # the prefix of a remote OpenAI-compatible model: openai:NAM
 
 
 def open(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto", base_url: str | None = None,
-         compile: bool = False) -> Engine:
+         compile: bool | None = None) -> Engine:
     """The engine for `spec`: see the module docstring. `base_url` is for remote specs only; `compile`
-    (local models) compiles batch-of-one decode steps in the background (compiled.py)."""
+    (local models on CPU) compiles decode steps in the background (compiled.py); None: `compiled.wanted()`,
+    which is on unless PARLEY_COMPILE=0."""
     if spec.startswith(REMOTE):
-        if compile:
+        if compile:  # asked for by name; by default it simply does not apply
             raise ConfigError(f"--compile speeds up local models; {spec} decodes on its own server: leave it out")
         from parley import remote  # imports the openai client: only when asked for
 
@@ -33,23 +34,21 @@ def open(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto", b
         if not name:
             raise ConfigError("--model openai:NAME needs a model name after 'openai:', e.g. openai:gpt-4o-mini")
         return remote.connect(name, base_url, spec=spec)
-    loaded = models.load(spec, device=device, dtype=_generation_dtype(dtype, device, compile))
-    return LocalEngine(loaded, compile=compile)
+    loaded = models.load(spec, device=device, dtype=_generation_dtype(dtype, device))
+    return LocalEngine(loaded, compile=compiled.wanted() if compile is None else compile)
 
 
-def _generation_dtype(dtype: str, device: str, compile: bool) -> str:
-    """What `auto` means for generation. On a CPU with native bf16 (AVX512-BF16 or AMX): bf16, which
-    decodes the embedded model ~1.5x faster and held its quality (HumanEval pass@1 11 vs 10 of 164,
-    perplexity +0.1%: README, Speed). With `compile`: fp32, whose C++ GEMM is the fast one. Elsewhere,
-    and for training and perplexity (which load through models.load): models.load's choice."""
+def _generation_dtype(dtype: str, device: str) -> str:
+    """What `auto` means for generation. On a CPU with native bf16 (AVX512-BF16 or AMX): int8 weights with
+    bf16 activations (quant.py), which decode the embedded model ~1.8x faster than bf16 and held its
+    quality (README, Speed). Elsewhere, and for training and perplexity (which load through
+    models.load): models.load's choice."""
     import torch
 
     if dtype != "auto" or device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         return dtype
-    if compile:
-        return "float32"
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return "bfloat16" if native else "float32"
+    return "int8" if native else "float32"
 
 
 def local(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto", purpose: str = "this") -> Loaded:

@@ -66,11 +66,13 @@ def default(config: type, name: str):
 
 ModelOption = typer.Option("smollm2", "--model", "-m", help="smollm2 (built in), a model directory, a hub id, or openai:NAME.")
 DeviceOption = typer.Option("auto", help="auto, cpu or cuda.")
-DtypeOption = typer.Option("auto", help="auto, float32, bfloat16 or float16. auto: bf16 on GPU; on CPU fp32, but "
-                           "generation (chat, serve, eval) uses bf16 where the CPU has it natively, unless --compile.")
+DtypeOption = typer.Option("auto", help="auto, float32, bfloat16, float16 or int8 (int8 weights, bf16 activations). "
+                           "auto: bf16 on GPU; on CPU fp32, but generation (chat, serve, eval) uses int8 where the CPU "
+                           "has bf16 natively.")
 CompileOption = typer.Option(
-    False, "--compile", help="Compile one-at-a-time decoding in the background (~2 min on 2 cores, then ~2x faster; "
-    "local models on CPU).",
+    None, "--compile/--no-compile", show_default="on, unless PARLEY_COMPILE=0",
+    help="Compile decoding in the background (local models on CPU; ~45 s the first time, ~10 s later from the "
+    "cache in $PARLEY_HOME/inductor; then ~1.5x faster).",
 )
 BaseUrlOption = typer.Option(
     None, "--base-url", help="The OpenAI-compatible service for --model openai:NAME (default $OPENAI_BASE_URL; "
@@ -95,7 +97,7 @@ def chat(
     base_url: Optional[str] = BaseUrlOption,
     device: str = DeviceOption,
     dtype: str = DtypeOption,
-    compile: bool = CompileOption,
+    compile: Optional[bool] = CompileOption,
     explain: bool = typer.Option(False, "--explain", help="With -p: then list the answer's least certain tokens, each with its top-5 alternatives."),
 ) -> None:
     """Talk to the assistant. Interactive in a terminal; one answer in plain text with -p or a pipe."""
@@ -584,7 +586,7 @@ def serve(
     grace: float = typer.Option(30.0, help="On shutdown, seconds running replies may take to finish."),
     device: str = DeviceOption,
     dtype: str = DtypeOption,
-    compile: bool = CompileOption,
+    compile: Optional[bool] = CompileOption,
 ) -> None:
     """Serve an OpenAI-compatible API (/v1) and a web chat page (/) over one model, batching requests."""
     from parley.serve.app import ServeOptions, api_keys_from_env, run

@@ -1,48 +1,72 @@
-"""One-token decode steps of a batch of one, compiled by inductor: ~2.3x the eager step on CPU, the same tokens.
+"""Decode steps compiled by inductor: one token for each row of a batch, on CPU, in the background.
 
-    engine = LocalEngine(loaded, compile=True)     # `parley chat --compile`, `parley serve --compile`
+    engine = LocalEngine(loaded, compile=True)     # `parley chat` and `parley serve` by default on CPU
 
-Why: a profile of the eager decode step puts ~80% of it in `aten::mm`, whose one-row GEMV reads the
-weights at ~12 GB/s where this class of machine streams ~50 GB/s. Inductor's C++ GEMM template,
-given the weights as frozen constants, reaches that (bench/compile.py measures both).
+Why: a profile of the eager int8 decode step of the embedded model (README, Speed) spends ~40% of it
+in the int8 GEMVs and the rest in Python and in ~1,300 small operator calls (norms, rotary
+embeddings, attention, residual adds); inductor fuses the small ones into a few C++ loops and calls
+the GEMVs directly: ~1.5x the eager step. For fp32 weights the GEMVs themselves are the cost, and
+inductor's C++ GEMM template on frozen weights streams them ~2x faster than aten's.
 
-How: a background thread compiles the step once, on a dummy RowCache of CAPACITY columns, while the
-engine keeps decoding eagerly; from then on `Batch` hands it every step it `covers`: one row, one
-token, a cache allocated at exactly CAPACITY columns (LocalEngine allocates that when compiling).
-Any other call (prefill, several rows, a row past CAPACITY) runs eagerly, and a call whose shapes
-would need a new compile runs eagerly too (dynamo's "eager_on_recompile" stance): the decode loop
-never waits for a compile.
+How: one graph per shape family, dynamic in the batch size, the rows and columns allocated in the
+RowCache, and the columns attended over (the live width, so attention costs what the context does):
+    batch 1 in a cache of 1 row (chat, one client)  and  batch >= 2 (several clients, evaluation).
+A background thread compiles both on dummy inputs while the engine keeps decoding eagerly; from then
+on `Batch` hands over every step it `covers`. Anything else (prefill, a lone row left in a wider
+cache) runs eagerly. With bf16 or int8 weights the graphs are read back from inductor's disk cache
+(`$PARLEY_HOME/inductor`) on later starts: ~45 s of compiling the first time, ~10 s after.
+With fp32 weights they are frozen into the C++ GEMM, which inductor cannot cache: ~2 min every start.
+Attention runs as plain matmul-softmax-matmul inside the graph (SDPA's math backend), which inductor
+fuses; its flash kernel costs more for one query.
 
-Limits: CPU only. The compile takes ~1.5-2 minutes on 2 cores, shares them with decoding meanwhile,
-and is redone at every start (inductor does not reuse graphs whose weights are frozen constants).
-The compiled step attends over all CAPACITY columns, padding included (masked).
+Guards: once both graphs exist, only the guards that tell them apart are evaluated (torch's
+`skip_guard_eval_unsafe`; full guard checks cost ~1 ms a step). That is safe because `covers`
+admits only what the graphs were built for: one new token per row, rows starting at 0, the cache
+already allocated for every position written (the eager path grows it).
+
+Numerics: the fused graph rounds differently from eager in bf16, so greedy tokens can differ from
+the eager ones after a few tokens; the logits stay within a tested tolerance (tests/test_compiled.py),
+and quality is measured on the compiled path (README, Speed).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import torch
 
+from parley.config import parley_home
 from parley.kvcache import RowCache
-
-CAPACITY = 1024  # KV columns of a compiled batch-of-one cache: longer rows decode eagerly
 
 log = logging.getLogger("parley.compiled")
 
 
+def wanted() -> bool:
+    """Whether chat, serve and eval compile by default: yes, unless PARLEY_COMPILE=0 (the test suite sets
+    it, so that hundreds of short-lived engines do not each start a compile)."""
+    return os.environ.get("PARLEY_COMPILE", "1") != "0"
+
+
+def cache_dir() -> str:
+    """Where inductor keeps compiled graphs: beside Parley's other caches, so they outlive /tmp."""
+    return str(parley_home() / "inductor")
+
+
 class CompiledStep:
-    """The compiled decode step of one model; `ready` once the background compile has finished."""
+    """The compiled decode steps of one model; `ready` once the background compile has finished."""
 
     def __init__(self, model, dtype: torch.dtype, window: int, keeps_logits: bool):
         self.model, self.dtype, self.window = model, dtype, window
-        self.capacity = min(CAPACITY, window)
+        self.frozen = dtype == torch.float32  # fp32: freeze the weights into the C++ GEMM (see the docstring)
         self.extra = {"logits_to_keep": 1} if keeps_logits else {}
         self.steps = 0  # steps run compiled (tests and /metrics read it)
         self.error: BaseException | None = None  # why the compile failed, if it did
         self._ready = threading.Event()
-        self._fn = torch.compile(self._step, mode="max-autotune-no-cudagraphs", dynamic=False)
+        mode = "max-autotune-no-cudagraphs" if self.frozen else None
+        self._fn = torch.compile(self._step, mode=mode, dynamic=False)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir())
         threading.Thread(target=self._build, name="parley-compile", daemon=True).start()
 
     @property
@@ -54,40 +78,71 @@ class CompiledStep:
         self._ready.wait(timeout)
         return self.ready
 
-    def covers(self, cache: RowCache, ids: torch.Tensor, positions: torch.Tensor) -> bool:
+    def covers(self, cache: RowCache, first: int, ids: torch.Tensor, positions: torch.Tensor) -> bool:
         """Whether this forward can run compiled (see the module docstring)."""
         layer = cache.layers[0] if cache.layers else None
-        return (self.ready and ids.shape == (1, 1) and layer is not None and layer.keys is not None
-                and layer.keys.shape[0] == 1 and layer.keys.shape[2] == self.capacity
-                and int(positions) < self.capacity)  # the row's next column exists: past it, eager grows the cache
+        if not self.ready or first != 0 or ids.shape[1] != 1 or layer is None or layer.keys is None:
+            return False
+        rows, columns = layer.keys.shape[0], layer.keys.shape[2]
+        batch = ids.shape[0]
+        # The live width (furthest position + 1) stays below the allocated columns: the graphs were traced
+        # with fewer, and a full-width slice is a differently laid-out tensor (a guard dynamo keeps).
+        return (rows == 1 if batch == 1 else rows >= batch) and int(positions.max()) + 1 < columns
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, cache: RowCache, window: int | None) -> torch.Tensor:
-        """(1, 1) ids at (1, 1) positions -> (1, 1, V) logits, through the compiled graph when it fits."""
-        cache.plan(0, positions, width=self.capacity)
-        with torch.compiler.set_stance("eager_on_recompile"):
-            logits = self._fn(ids, positions, cache.mask(self.dtype, window), cache)
+        """(B, 1) ids at (B, 1) positions -> (B, 1, V) logits, through the compiled graph."""
+        cache.plan(0, positions)
+        mask = cache.mask(self.dtype, window)
+        _mark(ids, positions, mask, cache)
+        # eager_on_recompile as well: should a step ever need a new graph after all, it runs eagerly rather
+        # than waiting for a compile.
+        with torch.compiler.set_stance("eager_on_recompile", skip_guard_eval_unsafe=True):
+            logits = self._fn(ids, positions, mask, cache)
         self.steps += 1
         return logits
 
     def _step(self, ids, positions, mask, cache):
-        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, cache=cache, use_cache=True,
-                         **self.extra)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        cache._width = mask.shape[-1]  # symbolic in the graph: attention spans the live columns only
+        with sdpa_kernel(SDPBackend.MATH):
+            out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, cache=cache,
+                             use_cache=True, **self.extra)
         return out.logits[:, -1:]
 
     def _build(self) -> None:
         import torch._inductor.config as inductor
 
         try:
-            with torch.inference_mode(), inductor.patch(freezing=True, max_autotune_gemm_backends="CPP"):
-                cache = RowCache(self.window, first_capacity=self.capacity)
-                positions = torch.zeros(1, 1, dtype=torch.long)
-                cache.plan(0, positions, width=self.capacity)
-                self._step(torch.zeros(1, 1, dtype=torch.long), positions, cache.mask(self.dtype), cache)  # allocate
-                cache.plan(0, positions, width=self.capacity)
-                self._fn(torch.zeros(1, 1, dtype=torch.long), positions, cache.mask(self.dtype), cache)
-            log.info("compiled decode step ready")
+            settings = dict(freezing=True, max_autotune_gemm_backends="CPP") if self.frozen else {}
+            with torch.inference_mode(), inductor.patch(**settings), torch.compiler.set_stance("default"):
+                # The two graphs, traced on sizes that all differ (batch, cache rows, live columns), so that
+                # dynamo does not take equal sizes for one symbol (its "duck sizing") and tie them together.
+                for batch, rows, width in ((1, 1, 5), (2, 4, 7)):
+                    cache = RowCache(self.window)
+                    positions = torch.arange(rows)[:, None]
+                    cache.plan(0, positions)
+                    self._step(torch.zeros(rows, 1, dtype=torch.long), positions, cache.mask(self.dtype), cache)
+                    positions = torch.arange(width - batch, width)[:, None]
+                    cache.plan(0, positions)
+                    ids, mask = torch.zeros(batch, 1, dtype=torch.long), cache.mask(self.dtype)
+                    _mark(ids, positions, mask, cache)
+                    self._fn(ids, positions, mask, cache)
+            log.info("compiled decode steps ready")
         except Exception as e:  # the eager path goes on serving; say why once
             self.error = e
             log.warning("compiling the decode step failed, decoding stays eager: %s", str(e).splitlines()[0])
         finally:
             self._ready.set()
+
+
+def _mark(ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: RowCache) -> None:
+    """Tell dynamo which sizes vary between steps, so one graph serves them all (size 1 stays static)."""
+    mark = torch._dynamo.maybe_mark_dynamic
+    for tensor in (ids, positions, mask):
+        mark(tensor, 0)
+    mark(mask, 3)
+    for layer in cache.layers:
+        for tensor in (layer.keys, layer.values):
+            mark(tensor, 0)
+            mark(tensor, 2)

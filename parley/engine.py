@@ -219,7 +219,7 @@ class Batch:
         self.engine = engine
         self.seqs: list[Sequence] = []
         self.lengths: list[int] = []  # tokens in the cache, per row (the next token's position)
-        self.cache = RowCache(engine.loaded.context_window, engine.first_capacity)
+        self.cache = RowCache(engine.loaded.context_window)
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -268,7 +268,7 @@ class Batch:
         self.seqs.pop()
         self.lengths.pop()
         if not self.seqs:  # give the memory back: the next sequences size the cache anew
-            self.cache = RowCache(self.engine.loaded.context_window, self.engine.first_capacity)
+            self.cache = RowCache(self.engine.loaded.context_window)
 
     def _prefill(self, first: int, pending: list[list[int]], done: list[int]) -> list[torch.Tensor]:
         """Feed each new row its `pending` ids (after `done` reused ones), PREFILL_CHUNK at a time;
@@ -302,7 +302,7 @@ class Batch:
     def _forward(self, first: int, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Run the model on rows first.. of the cache; (B, q) ids at (B, q) positions -> (B, 1, V) last logits."""
         engine = self.engine
-        if engine.compiled is not None and engine.compiled.covers(self.cache, ids, positions):
+        if engine.compiled is not None and engine.compiled.covers(self.cache, first, ids, positions):
             return engine.compiled(ids, positions, self.cache, engine.sliding_window)
         self.cache.plan(first, positions)
         mask = self.cache.mask(engine.dtype, engine.sliding_window)
@@ -319,6 +319,7 @@ class Engine(Protocol):
 
     spec: str  # what the user asked for ("smollm2", a path, a hub id, openai:NAME)
     context_window: int  # the longest sequence (prompt + reply) the model can attend over, in tokens
+    compiling: bool  # a background compile is under way (decoding is eager, slower, meanwhile): /health says
 
     def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> str: ...
 
@@ -358,10 +359,9 @@ class LocalEngine:
         self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
         self.sliding_window = _sliding_window(base.config)
         self.prefixes = PrefixStore(prefix_cache_mb * 2**20)
-        self.compiled: CompiledStep | None = None  # batch-of-one decode steps compiled by inductor (compiled.py)
+        self.compiled: CompiledStep | None = None  # decode steps compiled by inductor (compiled.py)
         if compile and loaded.device.type == "cpu" and not getattr(base.config, "is_encoder_decoder", False):
             self.compiled = CompiledStep(model, self.dtype, loaded.context_window, self.keeps_logits)
-        self.first_capacity = self.compiled.capacity if self.compiled else None  # RowCache columns at first
         # Byte-level BPE (GPT-2, Llama 3, SmolLM2) spells each byte as one of 256 characters (see piece()).
         decoder = getattr(getattr(loaded.tokenizer, "backend_tokenizer", None), "decoder", None)
         self._byte_level = "ByteLevel" in repr(decoder)
@@ -374,6 +374,10 @@ class LocalEngine:
     @property
     def context_window(self) -> int:
         return self.loaded.context_window
+
+    @property
+    def compiling(self) -> bool:
+        return self.compiled is not None and not self.compiled.wait(timeout=0)
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         tokenizer = self.loaded.tokenizer

@@ -73,6 +73,7 @@ class RemoteEngine:
     def __init__(self, name: str, base_url: str, spec: str, context_window: int = DEFAULT_CONTEXT):
         self.name, self.base_url = name, base_url  # the model as the service calls it; its API root
         self.spec, self.context_window = spec, context_window
+        self.compiling = False  # the service decodes as it does: nothing to wait for here
         self.client = _client(base_url)
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[Token]:

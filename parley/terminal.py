@@ -115,7 +115,7 @@ class ChatOptions:
     resume: str | None = None
     params: dict = field(default_factory=dict)  # SamplingParams overrides from flags
     base_url: str | None = None  # the service for `openai:NAME` models (--base-url)
-    compile: bool = False  # compile decode steps in the background (interactive chat only; compiled.py)
+    compile: bool | None = None  # compile decoding in the background (interactive chat only); None: compiled.wanted()
     explain: bool = False  # -p: after the answer, list its least certain tokens (--explain)
 
 
@@ -137,7 +137,7 @@ def run_chat(options: ChatOptions, once: str | None = None) -> None:
     console = Console(stderr=True)
     with console.status(plain(f"loading {options.model}…"), spinner="dots"):
         engine = backend.open(options.model, device=options.device, dtype=options.dtype, base_url=options.base_url,
-                              compile=options.compile and once is None)
+                              compile=options.compile if once is None else False)
     session = open_session(engine, Store(), options)
     if once is not None:
         return _answer_once(session, once, explain=options.explain)

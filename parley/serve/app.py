@@ -83,7 +83,7 @@ class ServeOptions:
     base_url: str | None = None  # the remote service for openai:NAME specs
     device: str = "auto"  # auto, cpu or cuda
     dtype: str = "auto"  # auto, float32, bfloat16 or float16
-    compile: bool = False  # compile batch-of-one decode steps in the background (compiled.py)
+    compile: bool | None = None  # compile decoding in the background (compiled.py); None: compiled.wanted()
     host: str = "127.0.0.1"  # 0.0.0.0 exposes the server to the network: an explicit choice
     port: int = 8000
     served_name: str | None = None  # the model id clients send and /v1/models lists; default: the spec
@@ -164,8 +164,10 @@ def create_app(options: ServeOptions, engine: Engine | None = None) -> FastAPI:
     @app.get("/health", tags=["server"])
     async def health(request: Request):
         driver = getattr(request.app.state, "driver", None)
+        engine = getattr(request.app.state, "engine", None)
         return {"status": "ok", "model": getattr(request.app.state, "served_name", None),
-                "waiting": driver.waiting if driver else 0, "active": driver.active if driver else 0}
+                "waiting": driver.waiting if driver else 0, "active": driver.active if driver else 0,
+                "compiling": bool(engine and engine.compiling)}
 
     @app.get("/metrics", tags=["server"], response_class=PlainTextResponse)
     async def metrics(request: Request):

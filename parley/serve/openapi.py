@@ -290,6 +290,7 @@ class Health(BaseModel):
     model: str | None
     waiting: int
     active: int
+    compiling: bool  # decoding is eager (slower) until the background compile is done
 
 
 # The errors each route can answer with, beyond the middleware's 401 and 413.
