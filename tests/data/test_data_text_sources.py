@@ -77,9 +77,9 @@ def test_directory_of_prose_is_detected_and_non_utf8_files_are_counted_or_named(
     items, skipped = read(str(root))  # no code in it: prose
     assert [r.source for r in items] == [str(root / "a.md"), str(root / "sub" / "b.rst")]
     assert skipped == {"not_utf8": 1}
-    cleaner = Cleaner(CleanConfig(not_utf8=False, min_chars=0, min_words=0))
     with pytest.raises(DataError, match=r"sub/c.txt:2: not UTF-8 text \(byte 0xe9\)"):
-        read(str(root), cleaner)
+        with Cleaner(CleanConfig(not_utf8=False, min_chars=0, min_words=0), scratch=tmp_path) as cleaner:
+            read(str(root), cleaner)
     (root / "tool.py").write_text("print('hi')\n", encoding="utf-8")
     items, _ = read(str(root))  # code beside the prose: a directory is code unless text: says otherwise
     assert [r.meta.get("lang") for r in items] == ["markdown", "python", "rst"]
@@ -179,17 +179,17 @@ def test_cleaning_counts_each_rule_by_reason(tmp_path):
         "A different sentence about mountains, lakes and the long walk home at dusk.",
     ]
     path = write_jsonl(tmp_path / "web.jsonl", [{"text": d} for d in docs])
-    cleaner = Cleaner(CleanConfig(min_chars=20, min_words=8, near_dup_threshold=0.5))
-    items, skipped = read(str(path), cleaner)
-    assert texts(items) == [docs[0], docs[-1]]
-    assert skipped == {"duplicate": 1, "near_duplicate": 1, "too_short": 1, "too_few_words": 1, "digits": 1,
-                       "symbols": 1, "repeated_lines": 1, "repeated_ngrams": 1}
-    assert cleaner.counts == Counter(skipped)
+    with Cleaner(CleanConfig(min_chars=20, min_words=8, near_dup_threshold=0.5), scratch=tmp_path) as cleaner:
+        items, skipped = read(str(path), cleaner)
+        assert texts(items) == [docs[0], docs[-1]]
+        assert skipped == {"duplicate": 1, "near_duplicate": 1, "too_short": 1, "too_few_words": 1, "digits": 1,
+                           "symbols": 1, "repeated_lines": 1, "repeated_ngrams": 1}
+        assert cleaner.counts == Counter(skipped)
+        with pytest.raises(DataError, match=r"no records found \(skipped: too_few_words 1\)"):
+            read(str(write_jsonl(tmp_path / "one.jsonl", [{"text": "just four words here"}])), cleaner)
     off = Cleaner(CleanConfig(min_chars=0, min_words=0, max_symbol_ratio=1, max_digit_ratio=1, max_dup_line_ratio=1,
                               max_dup_ngram_ratio=1, dedup=False, near_dup=False))
-    assert len(read(str(path), off)[0]) == len(docs)
-    with pytest.raises(DataError, match=r"no records found \(skipped: too_few_words 1\)"):
-        read(str(write_jsonl(tmp_path / "one.jsonl", [{"text": "just four words here"}])), cleaner)
+    assert len(read(str(path), off)[0]) == len(docs) and not list(tmp_path.glob("parley-dedup-*"))  # none made
     assert not [i for i in items if isinstance(i, Bad)]
 
 
@@ -209,8 +209,11 @@ def test_prepare_cleans_learns_every_token_and_packs_documents_with_eos_between(
     (notes / "tiny.txt").write_text("Too short.\n", encoding="utf-8")
     out = tmp_path / "out"
     config = PrepareConfig(pack=True, max_len=64, val_ratio=0, clean=CleanConfig(near_dup=False))
-    manifest = prepare([f"text:{notes}"], out, chat_tokenizer, chat_tokenizer.chat_template, config)
+    indexes = []  # the duplicate index's database while the source is read: beside the output, not in /tmp
+    manifest = prepare([f"text:{notes}"], out, chat_tokenizer, chat_tokenizer.chat_template, config,
+                       progress=lambda line: indexes.extend(tmp_path.glob(".tmp-out-*/parley-dedup-*/dedup.sqlite")))
     assert manifest.sources[0]["records"] == 6 and manifest.sources[0]["skipped"] == {"duplicate": 1, "too_short": 1}
+    assert indexes and not any(p.exists() for p in indexes) and not list(out.glob("parley-dedup-*"))
     assert manifest.settings["clean"]["min_words"] == 5
     eos = chat_tokenizer.eos_token_id
     rows = datasets.load_from_disk(str(out))["train"]
