@@ -86,12 +86,21 @@ def test_directory_of_prose_is_detected_and_non_utf8_files_are_counted_or_named(
     assert len(read(f"text:{root}")[0]) == 2
 
 
-def test_a_file_named_directly_with_bad_utf8_stops_at_its_line(tmp_path):
+def test_a_file_or_web_text_line_named_directly_with_bad_utf8_stops_at_its_line(tmp_path):
     bad = tmp_path / "book.txt"
     bad.write_bytes(b"fine\nfine too\n\xff broken\n")
     with pytest.raises(DataError, match=r"book.txt:3: not UTF-8 text \(byte 0xff\)") as e:
         read(str(bad))
     assert "\n" not in str(e.value)
+    # Web text: a line that is not UTF-8 means the file is in another encoding (a latin-1 export), so
+    # skipping lines would quietly drop every document with an accent: stop and name it, as code JSONL does.
+    rows = b'{"text": "A first page about gardens and boats."}\n{"text": "caf\xe9 au lait, a page about coffee."}\n'
+    (tmp_path / "web.jsonl").write_bytes(rows)
+    (tmp_path / "web.jsonl.gz").write_bytes(gzip.compress(rows))
+    for name in ("web.jsonl", "web.jsonl.gz"):
+        with pytest.raises(DataError, match=rf"{name}:2: not UTF-8 text \(byte 0xe9\); convert it first, e.g. `iconv"):
+            with Cleaner(CleanConfig(not_utf8=True), scratch=tmp_path) as cleaner:
+                read(f"text:{tmp_path / name}", cleaner)
 
 
 def test_web_text_jsonl_gz_and_parquet_with_detected_or_named_text_column(tmp_path):
