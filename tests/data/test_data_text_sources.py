@@ -158,6 +158,24 @@ def test_hf_dataset_with_a_text_column(tmp_path):
     assert texts(read(f"text:hf:{tmp_path / 'saved'}")[0]) == texts(items)
 
 
+def test_hf_dataset_directory_is_streamed_with_no_arrow_copy_in_the_cache(tmp_path, monkeypatch):
+    import datasets
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)  # where load_dataset would copy it to Arrow
+    folder = tmp_path / "web" / "data"
+    folder.mkdir(parents=True)
+    write_jsonl(folder / "train-00000.jsonl", [{"text": f"Streamed page number {i} about the sea."} for i in range(3)])
+    items, _ = read(f"text:hf:{tmp_path / 'web'}")
+    assert texts(items) == [f"Streamed page number {i} about the sea." for i in range(3)]
+    assert items[2].where == f"hf:{tmp_path / 'web'}:3"
+    assert not list(cache.rglob("*.arrow"))  # read in place, as it streams
+    with open(folder / "train-00000.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"text": \n')
+    with pytest.raises(DataError, match=rf"^hf:{tmp_path / 'web'}: reading failed after row \d+ \(JSON parse error"):
+        read(f"text:hf:{tmp_path / 'web'}")
+
+
 def test_url_is_downloaded_then_read_by_its_extension(tmp_path):
     (tmp_path / "book.txt").write_text(BOOK, encoding="utf-8")
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
