@@ -6,6 +6,7 @@
     code_files.py, code_formats.py, code_pairs.py                 code: directories, repos, datasets, pairs
     prose.py, wikipedia.py     prose for continued pre-training: text files, web-text rows, Wikipedia dumps
     cleaning.py      exact / near-duplicate and quality rules for prose, counted by reason
+    dedup_index.py   cleaning's duplicate indexes: digests and MinHash LSH band keys in a temporary SQLite file
     textfiles.py     UTF-8 lines and streamed JSON with line numbers (.gz / .bz2 decompressed on the way)
     preference_formats.py   preferences: TRL, HH-RLHF, UltraFeedback, unpaired labels, the store's feedback
     preference_tokenize.py  preference rows: the context once, chosen and rejected replies (for DPO)

@@ -1,7 +1,7 @@
 """Cleaning prose documents before training: duplicates, near-duplicates and low-quality text, counted by reason.
 
-    cleaner = Cleaner(CleanConfig())
-    why = cleaner.reason(text)       # None to keep; else one of REASONS (the document is counted under it)
+    with Cleaner(CleanConfig(), scratch=folder) as cleaner:   # the duplicate indexes: a temp database in folder
+        why = cleaner.reason(text)   # None to keep; else one of REASONS (the document is counted under it)
 
 Applied by `parley data prepare` to the documents of `text:` sources (books, notes, web text,
 Wikipedia), in this order, each on by default with its threshold in `CleanConfig`:
@@ -18,18 +18,17 @@ Wikipedia), in this order, each on by default with its threshold in `CleanConfig
                       such as package READMEs or the Python reference, whose phrases recur)
     duplicate         the same text as an earlier document (whitespace at the ends ignored)
     near_duplicate    estimated Jaccard similarity of word 5-gram shingles with an earlier kept document at
-                      or above `near_dup_threshold` (MinHash + LSH from datasketch)
+                      or above `near_dup_threshold` (MinHash + LSH from datasketch: some band of the two
+                      signatures is equal, with the bands datasketch picks for the threshold)
     not_utf8          (counted by the reader) a file in a `text:DIR` folder that is not UTF-8; a file named
                       directly (or a JSONL line) that is not stops the run with file:line instead
 
 The quality rules come before the duplicate checks so that a rejected document never enters the
 indexes. Dedup is across every text source of one `prepare` run, in source order: the first copy is kept.
 
-Limits: the duplicate indexes grow with the corpus, while everything else in preparation streams —
-~100 bytes per kept document for exact duplicates, ~3 KB for the near-duplicate LSH index (measured
-with 128 permutations: 9 bands, datasketch's in-memory storage), so 1 GB of 5 KB documents holds ~600
-MB. For corpora of many millions of documents set `near_dup = false`, or deduplicate beforehand with a
-distributed tool (datasketch's LSH can also live in Redis or Cassandra). The thresholds
+The duplicate indexes live on disk (`dedup_index.py`: a temporary SQLite file with a bounded page
+cache, ~200 bytes per kept document), so memory stays flat however large the corpus; a near-duplicate
+is what datasketch's `MinHashLSH.query` would return, found in the same single pass. The thresholds
 are tuned for English-like prose; scripts without spaces between words (Chinese, Japanese, Thai) count
 few words, so lower `min_words` for them.
 """
@@ -42,7 +41,9 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
+from parley.data.dedup_index import DedupIndex
 from parley.errors import ConfigError
 
 REASONS = ("too_short", "too_few_words", "symbols", "digits", "repeated_lines", "repeated_ngrams",
@@ -124,22 +125,34 @@ def with_overrides(config: CleanConfig, items: list[str]) -> CleanConfig:
 
 
 class Cleaner:
-    """The rules of one `CleanConfig`, with the duplicate indexes of one preparation run."""
+    """The rules of one `CleanConfig`, with the duplicate indexes of one preparation run (on disk, in a
+    temporary database under `scratch`, the system's temp dir if None, deleted by `close()` or `with`)."""
 
-    def __init__(self, config: CleanConfig):
+    def __init__(self, config: CleanConfig, scratch: Path | None = None):
         config.check()
         self.config = config
+        self.scratch = scratch
         self.counts: Counter = Counter()  # reason → documents dropped (over all sources)
-        self._seen: set[bytes] = set()
-        self._lsh = self._template = None
-        self._kept = 0
+        self._index: DedupIndex | None = None  # made at the first document that reaches the duplicate checks
+        self._template = self._bands = None
         if config.near_dup:
             from datasketch import MinHash, MinHashLSH
 
             self._template = MinHash(num_perm=config.num_perm, seed=1)
-            # Short band keys: datasketch stores each band's raw hash values (r x 4 bytes) otherwise.
-            self._lsh = MinHashLSH(threshold=config.near_dup_threshold, num_perm=config.num_perm,
-                                   hashfunc=lambda data: hashlib.blake2b(data, digest_size=8).digest())
+            # datasketch's choice of bands for the threshold; the index stores their keys (dedup_index.py)
+            self._bands = MinHashLSH(threshold=config.near_dup_threshold, num_perm=config.num_perm).hashranges
+
+    def __enter__(self) -> Cleaner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Delete the duplicate indexes (a later document starts fresh ones)."""
+        if self._index is not None:
+            self._index.close()
+            self._index = None
 
     def reason(self, text: str) -> str | None:
         """Why `text` is dropped, or None to keep it (a kept text enters the duplicate indexes)."""
@@ -149,25 +162,37 @@ class Cleaner:
         return why
 
     def _duplicate(self, text: str) -> str | None:
+        if not (self.config.dedup or self.config.near_dup):
+            return None
+        if self._index is None:
+            self._index = DedupIndex(self.scratch)
         if self.config.dedup:
             digest = hashlib.blake2b(text.strip().encode("utf-8", "surrogatepass"), digest_size=16).digest()
-            if digest in self._seen:
+            if not self._index.add_exact(digest):
                 return "duplicate"
-            self._seen.add(digest)
-        if self._lsh is not None:
-            shingles = {" ".join(g).encode("utf-8", "surrogatepass") for g in _ngrams(_words(text.lower()), SHINGLE)}
-            if not shingles:  # shorter than one shingle: the exact check is all there is
+        if self._bands is not None:
+            keys = self._band_keys(text)
+            if keys is None:  # shorter than one shingle: the exact check is all there is
                 return None
-            from datasketch import MinHash
-
-            signature = MinHash(num_perm=self.config.num_perm, permutations=self._template.permutations,
-                                scheme=self._template.scheme)
-            signature.update_batch(shingles)
-            if self._lsh.query(signature):
+            if self._index.seen_band(keys):
                 return "near_duplicate"
-            self._lsh.insert(self._kept, signature, check_duplication=False)
-            self._kept += 1
+            self._index.add_bands(keys)
         return None
+
+    def _band_keys(self, text: str) -> list[bytes] | None:
+        """The MinHash LSH band keys of `text`, as datasketch's `MinHashLSH` (with an 8-byte blake2b
+        `hashfunc`) computes them: each band's slice of the signature, byte-swapped, hashed."""
+        shingles = {" ".join(g).encode("utf-8", "surrogatepass") for g in _ngrams(_words(text.lower()), SHINGLE)}
+        if not shingles:
+            return None
+        from datasketch import MinHash
+
+        signature = MinHash(num_perm=self.config.num_perm, permutations=self._template.permutations,
+                            scheme=self._template.scheme)
+        signature.update_batch(shingles)
+        values = signature.hashvalues
+        return [hashlib.blake2b(bytes(values[start:end].byteswap().data), digest_size=8).digest()
+                for start, end in self._bands]
 
 
 def quality_reason(text: str, config: CleanConfig) -> str | None:

@@ -12,9 +12,10 @@ Output (a Hugging Face `datasets` DatasetDict, `datasets.load_from_disk(out)`):
     tokenizer.json        the tokenizer used, so `parley data show` decodes without loading the model
 
 Records stream through: memory stays flat however large the sources (only the batch being tokenized,
-one output batch per split, and digests of kept code files are held), and each split's Arrow file
-is written once, in place (the JSON beside it is what `save_to_disk` would write). The validation split takes
-records by content hash, so it is stable across runs and identical records land in the same split.
+one output batch per split, and digests of kept code files are held; prose's duplicate indexes are in a
+temporary database on disk), and each split's Arrow file is written once, in place (the JSON beside it
+is what `save_to_disk` would write). The validation split takes records by content hash, so it is
+stable across runs and identical records land in the same split.
 
 Prose (`text:` sources) is cleaned on the way (`cleaning.py`: exact and near duplicates across all the
 run's sources, and quality rules), each document dropped counted under its reason in the source's
@@ -168,18 +169,20 @@ def in_validation(record: Record, ratio: float) -> bool:
 def _build(sources: list[Source], tmp: Path, tokenizer, template, config: PrepareConfig, max_len: int, progress) -> Manifest:
     encoder = Encoder(tokenizer, template, max_len)
     writers = {s: _SplitWriter(tmp / s / SHARD, max_len if config.pack else 0) for s in SPLITS}
-    cleaner = Cleaner(config.clean)  # one for the run: duplicates are found across sources
     bad: list[str] = []
     counts = []
-    for source in sources:
-        source.cleaner = cleaner
-        count = _SourceCount(source.spec)
-        counts.append(count)
-        failed = any(c.bad for c in counts[:-1]) and not config.skip_bad
-        _read_source(source, count, encoder, writers, config, bad, failed, _Meter(source, count, progress))
-        dropped = sum(count.skipped.values())
-        progress(f"{source.spec}: {count.records} records" + (f", {count.bad} bad" if count.bad else "")
-                 + (f", {dropped} skipped" if dropped else ""))
+    # One cleaner for the run, so duplicates are found across sources; its indexes live in `tmp` and are
+    # deleted when the sources are read (or reading fails), before `tmp` becomes the output.
+    with Cleaner(config.clean, scratch=tmp) as cleaner:
+        for source in sources:
+            source.cleaner = cleaner
+            count = _SourceCount(source.spec)
+            counts.append(count)
+            failed = any(c.bad for c in counts[:-1]) and not config.skip_bad
+            _read_source(source, count, encoder, writers, config, bad, failed, _Meter(source, count, progress))
+            dropped = sum(count.skipped.values())
+            progress(f"{source.spec}: {count.records} records" + (f", {count.bad} bad" if count.bad else "")
+                     + (f", {dropped} skipped" if dropped else ""))
 
     for writer in writers.values():
         writer.close()

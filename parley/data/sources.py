@@ -12,7 +12,7 @@ when its first line is, else prose. Give FORMAT to insist:
     messages:FILE        OpenAI {"messages": [...]}              stack:FILE          The Stack {"content", "lang", "path"}
     sharegpt:FILE        {"conversations": [{from, value}]}      codesearchnet:FILE  {"code", "docstring", "func_name"}
     personachat:FILE     ParlAI text (.txt) or JSON              pairs:DIR           instruction pairs from Python
-    table:FILE           CSV/TSV/Parquet/JSON prompt+response    hf:NAME             a Hugging Face dataset (cache/Hub)
+    table:FILE           CSV/TSV/Parquet/JSON prompt+response    hf:NAME             a Hugging Face dataset (streamed)
     text:FILE|DIR|URL    prose for continued pre-training: .txt/.md/.rst, JSONL/Parquet text column,
                          Wikipedia XML dumps, hf:NAME (see prose.py)
     prefs:FILE           preferences (TRL, HH-RLHF, UltraFeedback, unpaired)   feedback[:DB]  the store's feedback

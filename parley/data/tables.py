@@ -2,7 +2,7 @@
 
     csv_rows(path)        the header names the keys; the number given is the row's first line in the file
     parquet_rows(path)    read a batch at a time; the number given is the row's position (1-based)
-    hub_rows(name, ...)   `datasets.load_dataset` from the local cache, or the Hub when online
+    hub_rows(name, ...)   `datasets.load_dataset(..., streaming=True)`: the Hub, or a local dataset directory
 
 What a row means (a prompt/response pair, a `messages` list, a Stack file, ...) is decided from its
 keys by `sources.py`, the same way as for JSON lines.
@@ -79,27 +79,38 @@ def _parquet(path: Path):
 
 
 def hub_rows(name: str, config: str | None = None, split: str = "train") -> Iterator[tuple[int, dict]]:
-    """Rows of a Hugging Face dataset: a Hub id (cached, or downloaded when online), a local dataset
-    directory, or a `save_to_disk` directory."""
+    """Rows of a Hugging Face dataset, streamed (`load_dataset(..., streaming=True)`): a Hub id (its files
+    read as they download, none kept whole), a local dataset directory (its files read in place, with no
+    Arrow copy made in the cache first), or a `save_to_disk` directory (memory-mapped). Offline, a Hub id
+    is read from the cache of an earlier download instead, which streaming cannot use."""
     import datasets
 
     datasets.disable_progress_bars()
+    local = Path(name).expanduser().exists()
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
         if (Path(name) / "dataset_info.json").is_file() or _is_saved_dict(name):  # a save_to_disk directory
             loaded = datasets.load_from_disk(name)
             dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         else:
-            dataset = datasets.load_dataset(name, config, split=split)
+            dataset = datasets.load_dataset(name, config, split=split, streaming=local or not offline)
     except KeyError:
         raise DataError(f"hf:{name}: no split {split!r}; pick one with hf:{name},split=NAME") from None
     except Exception as e:  # datasets raises many unrelated types for "cannot get it"; all mean the same here
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        hint = "it is not in the local cache and HF_HUB_OFFLINE is set" if offline else str(e).splitlines()[0]
+        hint = "it is not in the local cache and HF_HUB_OFFLINE is set" if offline and not local else _first_line(e)
         raise DataError(
             f"hf:{name}: cannot load the dataset ({hint}); check the name and network, or download it once"
         ) from e
-    for index, row in enumerate(dataset, 1):
-        yield index, row
+    index = 0
+    try:
+        for index, row in enumerate(dataset, 1):
+            yield index, row
+    except Exception as e:  # streamed: a file that does not parse, or the network, fails here rather than above
+        raise DataError(f"hf:{name}: reading failed after row {index} ({_first_line(e)})") from e
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _is_saved_dict(name: str) -> bool:

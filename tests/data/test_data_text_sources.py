@@ -77,21 +77,30 @@ def test_directory_of_prose_is_detected_and_non_utf8_files_are_counted_or_named(
     items, skipped = read(str(root))  # no code in it: prose
     assert [r.source for r in items] == [str(root / "a.md"), str(root / "sub" / "b.rst")]
     assert skipped == {"not_utf8": 1}
-    cleaner = Cleaner(CleanConfig(not_utf8=False, min_chars=0, min_words=0))
     with pytest.raises(DataError, match=r"sub/c.txt:2: not UTF-8 text \(byte 0xe9\)"):
-        read(str(root), cleaner)
+        with Cleaner(CleanConfig(not_utf8=False, min_chars=0, min_words=0), scratch=tmp_path) as cleaner:
+            read(str(root), cleaner)
     (root / "tool.py").write_text("print('hi')\n", encoding="utf-8")
     items, _ = read(str(root))  # code beside the prose: a directory is code unless text: says otherwise
     assert [r.meta.get("lang") for r in items] == ["markdown", "python", "rst"]
     assert len(read(f"text:{root}")[0]) == 2
 
 
-def test_a_file_named_directly_with_bad_utf8_stops_at_its_line(tmp_path):
+def test_a_file_or_web_text_line_named_directly_with_bad_utf8_stops_at_its_line(tmp_path):
     bad = tmp_path / "book.txt"
     bad.write_bytes(b"fine\nfine too\n\xff broken\n")
     with pytest.raises(DataError, match=r"book.txt:3: not UTF-8 text \(byte 0xff\)") as e:
         read(str(bad))
     assert "\n" not in str(e.value)
+    # Web text: a line that is not UTF-8 means the file is in another encoding (a latin-1 export), so
+    # skipping lines would quietly drop every document with an accent: stop and name it, as code JSONL does.
+    rows = b'{"text": "A first page about gardens and boats."}\n{"text": "caf\xe9 au lait, a page about coffee."}\n'
+    (tmp_path / "web.jsonl").write_bytes(rows)
+    (tmp_path / "web.jsonl.gz").write_bytes(gzip.compress(rows))
+    for name in ("web.jsonl", "web.jsonl.gz"):
+        with pytest.raises(DataError, match=rf"{name}:2: not UTF-8 text \(byte 0xe9\); convert it first, e.g. `iconv"):
+            with Cleaner(CleanConfig(not_utf8=True), scratch=tmp_path) as cleaner:
+                read(f"text:{tmp_path / name}", cleaner)
 
 
 def test_web_text_jsonl_gz_and_parquet_with_detected_or_named_text_column(tmp_path):
@@ -149,6 +158,24 @@ def test_hf_dataset_with_a_text_column(tmp_path):
     assert texts(read(f"text:hf:{tmp_path / 'saved'}")[0]) == texts(items)
 
 
+def test_hf_dataset_directory_is_streamed_with_no_arrow_copy_in_the_cache(tmp_path, monkeypatch):
+    import datasets
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)  # where load_dataset would copy it to Arrow
+    folder = tmp_path / "web" / "data"
+    folder.mkdir(parents=True)
+    write_jsonl(folder / "train-00000.jsonl", [{"text": f"Streamed page number {i} about the sea."} for i in range(3)])
+    items, _ = read(f"text:hf:{tmp_path / 'web'}")
+    assert texts(items) == [f"Streamed page number {i} about the sea." for i in range(3)]
+    assert items[2].where == f"hf:{tmp_path / 'web'}:3"
+    assert not list(cache.rglob("*.arrow"))  # read in place, as it streams
+    with open(folder / "train-00000.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"text": \n')
+    with pytest.raises(DataError, match=rf"^hf:{tmp_path / 'web'}: reading failed after row \d+ \(JSON parse error"):
+        read(f"text:hf:{tmp_path / 'web'}")
+
+
 def test_url_is_downloaded_then_read_by_its_extension(tmp_path):
     (tmp_path / "book.txt").write_text(BOOK, encoding="utf-8")
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
@@ -179,17 +206,17 @@ def test_cleaning_counts_each_rule_by_reason(tmp_path):
         "A different sentence about mountains, lakes and the long walk home at dusk.",
     ]
     path = write_jsonl(tmp_path / "web.jsonl", [{"text": d} for d in docs])
-    cleaner = Cleaner(CleanConfig(min_chars=20, min_words=8, near_dup_threshold=0.5))
-    items, skipped = read(str(path), cleaner)
-    assert texts(items) == [docs[0], docs[-1]]
-    assert skipped == {"duplicate": 1, "near_duplicate": 1, "too_short": 1, "too_few_words": 1, "digits": 1,
-                       "symbols": 1, "repeated_lines": 1, "repeated_ngrams": 1}
-    assert cleaner.counts == Counter(skipped)
+    with Cleaner(CleanConfig(min_chars=20, min_words=8, near_dup_threshold=0.5), scratch=tmp_path) as cleaner:
+        items, skipped = read(str(path), cleaner)
+        assert texts(items) == [docs[0], docs[-1]]
+        assert skipped == {"duplicate": 1, "near_duplicate": 1, "too_short": 1, "too_few_words": 1, "digits": 1,
+                           "symbols": 1, "repeated_lines": 1, "repeated_ngrams": 1}
+        assert cleaner.counts == Counter(skipped)
+        with pytest.raises(DataError, match=r"no records found \(skipped: too_few_words 1\)"):
+            read(str(write_jsonl(tmp_path / "one.jsonl", [{"text": "just four words here"}])), cleaner)
     off = Cleaner(CleanConfig(min_chars=0, min_words=0, max_symbol_ratio=1, max_digit_ratio=1, max_dup_line_ratio=1,
                               max_dup_ngram_ratio=1, dedup=False, near_dup=False))
-    assert len(read(str(path), off)[0]) == len(docs)
-    with pytest.raises(DataError, match=r"no records found \(skipped: too_few_words 1\)"):
-        read(str(write_jsonl(tmp_path / "one.jsonl", [{"text": "just four words here"}])), cleaner)
+    assert len(read(str(path), off)[0]) == len(docs) and not list(tmp_path.glob("parley-dedup-*"))  # none made
     assert not [i for i in items if isinstance(i, Bad)]
 
 
@@ -209,8 +236,11 @@ def test_prepare_cleans_learns_every_token_and_packs_documents_with_eos_between(
     (notes / "tiny.txt").write_text("Too short.\n", encoding="utf-8")
     out = tmp_path / "out"
     config = PrepareConfig(pack=True, max_len=64, val_ratio=0, clean=CleanConfig(near_dup=False))
-    manifest = prepare([f"text:{notes}"], out, chat_tokenizer, chat_tokenizer.chat_template, config)
+    indexes = []  # the duplicate index's database while the source is read: beside the output, not in /tmp
+    manifest = prepare([f"text:{notes}"], out, chat_tokenizer, chat_tokenizer.chat_template, config,
+                       progress=lambda line: indexes.extend(tmp_path.glob(".tmp-out-*/parley-dedup-*/dedup.sqlite")))
     assert manifest.sources[0]["records"] == 6 and manifest.sources[0]["skipped"] == {"duplicate": 1, "too_short": 1}
+    assert indexes and not any(p.exists() for p in indexes) and not list(out.glob("parley-dedup-*"))
     assert manifest.settings["clean"]["min_words"] == 5
     eos = chat_tokenizer.eos_token_id
     rows = datasets.load_from_disk(str(out))["train"]
