@@ -1,12 +1,13 @@
 """POST /v1/explain against a real server on 127.0.0.1 over the tiny random Llama: the document it
 answers is the library's own numbers, a costly integrated-gradients request is refused naming the
-budget, bad spans name the field, and /openapi.json documents the route."""
+budget, bad spans name the field, /openapi.json documents the route, and other users' replies keep
+decoding while an explanation runs."""
 
 from __future__ import annotations
 
 import httpx
-import torch
 import pytest
+import torch
 
 from parley.explain.attribution import gradient_x_input
 from parley.explain.layout import lay_out
