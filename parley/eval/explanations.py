@@ -36,6 +36,7 @@ from parley.eval.dialogue import DialogueConfig, conversations, score
 @dataclass(frozen=True)
 class ExplanationsConfig:
     split: str = "validation"  # validation: the pairs `parley data prepare` holds out; all: every pair
+    val_ratio: float = 0.05  # the held-out share, as in `parley data prepare` (train's data.val_ratio)
     limit: int = 0  # at most this many requests, over all sources in order (0 = all)
     min_words: int = 5  # words of text after the last code block that count as an explanation
     max_new_tokens: int = 256  # answer length limit: an answer cut inside its code has no explanation
@@ -57,7 +58,7 @@ def explanation(answer: str, min_words: int) -> str:
 
 def requests(sources: list[str], config: ExplanationsConfig) -> list[tuple[list[dict], str, str]]:
     """(messages before the answer, reference answer, where) for each pair whose answer explains its code."""
-    found = conversations(sources, DialogueConfig(split=config.split))
+    found = conversations(sources, DialogueConfig(split=config.split, val_ratio=config.val_ratio))
     found = [item for item in found if explanation(item[1], config.min_words)]
     if not found:
         raise ConfigError(f"no code answer with an explanation after its code in {', '.join(sources)} "
