@@ -30,6 +30,7 @@ from parley.eval.code import CodeEvalConfig
 from parley.eval.completions import GenerationConfig
 from parley.eval.dialogue import DialogueConfig
 from parley.eval.explain import ExplainEvalConfig
+from parley.eval.explanations import ExplanationsConfig
 from parley.eval.perplexity import PerplexityConfig
 from parley.explain.config import ExplainConfig
 from parley.eval.preference import PreferenceEvalConfig
@@ -290,7 +291,7 @@ def tokenizer_train(
     print(json.dumps(train_and_report(source, out, config, reference, compare), indent=1))
 
 
-eval_app = typer.Typer(help="Measure a model: pass@k by running code, perplexity, dialogue BLEU/ROUGE.", no_args_is_help=True)
+eval_app = typer.Typer(help="Measure a model: pass@k by running code, perplexity, dialogue BLEU/ROUGE, explanations.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 
@@ -401,6 +402,29 @@ def eval_dialogue(
     config = DialogueConfig(split=split, limit=limit, max_new_tokens=max_new_tokens, batch=batch)
     engine = _eval_engine(model, base_url, device, dtype)
     _print_results(*evaluate(engine, model, source, config, out or default_out("dialogue", model)))
+
+
+@eval_app.command("explanations")
+def eval_explanations(
+    source: list[str] = typer.Option(["python-stdlib-pairs"], "--source", "-s", help="Code-instruction pairs: pairs:DIR or python-stdlib-pairs (repeatable)."),
+    model: str = ModelOption,
+    split: str = typer.Option(default(ExplanationsConfig, "split"), help="validation: the held-out pairs; all: every pair."),
+    limit: int = typer.Option(default(ExplanationsConfig, "limit"), help="At most this many requests (0 = all)."),
+    min_words: int = typer.Option(default(ExplanationsConfig, "min_words"), help="Words after the last code block that count as an explanation."),
+    max_new_tokens: int = typer.Option(default(ExplanationsConfig, "max_new_tokens"), help="Answer length limit."),
+    batch: int = typer.Option(default(ExplanationsConfig, "batch"), help="Answers decoded together."),
+    base_url: Optional[str] = BaseUrlOption,
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+    out: Optional[Path] = EvalOutOption,
+) -> None:
+    """How often code answers end with an explanation, and its ROUGE against the reference's."""
+    from parley.eval.explanations import evaluate
+    from parley.eval.report import default_out
+
+    config = ExplanationsConfig(split=split, limit=limit, min_words=min_words, max_new_tokens=max_new_tokens, batch=batch)
+    engine = _eval_engine(model, base_url, device, dtype)
+    _print_results(*evaluate(engine, model, source, config, out or default_out("explanations", model)))
 
 
 @eval_app.command("explain")

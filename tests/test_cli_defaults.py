@@ -18,6 +18,7 @@ from parley.eval.code import CodeEvalConfig
 from parley.eval.completions import GenerationConfig
 from parley.eval.dialogue import DialogueConfig
 from parley.eval.explain import ExplainEvalConfig
+from parley.eval.explanations import ExplanationsConfig
 from parley.explain.config import ExplainConfig
 from parley.eval.perplexity import PerplexityConfig
 from parley.eval.preference import PreferenceEvalConfig
@@ -49,6 +50,7 @@ def mirrors():
         ("eval perplexity", [PerplexityConfig], 4),
         ("eval dialogue", [DialogueConfig], 4),
         ("eval explain", [ExplainEvalConfig], 7),
+        ("eval explanations", [ExplanationsConfig], 5),
         ("explain", [ExplainConfig], 2),
         ("eval preference", [PreferenceEvalConfig], 4),
     ]]

@@ -1,11 +1,13 @@
 """POST /v1/explain against a real server on 127.0.0.1 over the tiny random Llama: the document it
 answers is the library's own numbers, a costly integrated-gradients request is refused naming the
-budget, bad spans name the field, and /openapi.json documents the route."""
+budget, bad spans name the field, /openapi.json documents the route, and other users' replies keep
+decoding while an explanation runs."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
+import torch
 
 from parley.explain.attribution import gradient_x_input
 from parley.explain.layout import lay_out
@@ -77,3 +79,46 @@ def test_a_full_line_of_explanations_is_a_429(server):
         app.state.explaining = 0
     assert answer.status_code == 429 and answer.headers["Retry-After"] == "5"
     assert answer.json()["error"]["code"] == "queue_full"
+
+
+def test_decoding_goes_on_while_an_explanation_is_in_flight(server, client, tiny_loaded):
+    """An integrated-gradients explanation is held inside its first forward pass (a pre-hook on the
+    shared model pauses any forward that records gradients, which decoding never does) until another
+    client's streamed chat completion has finished: the chat can finish only if decoding does not wait
+    for the explanation (its lane is a worker thread beside the batching driver). Then the
+    explanation completes."""
+    import threading
+
+    from parley.explain.attribution import integrated_gradients
+
+    in_flight, chat_done, released = threading.Event(), threading.Event(), []
+
+    def hold(module, args, kwargs):
+        if torch.is_grad_enabled() and not in_flight.is_set():
+            in_flight.set()
+            released.append(chat_done.wait(timeout=120))  # False: the chat never finished (the test fails)
+
+    hook = tiny_loaded.model.register_forward_pre_hook(hold, with_kwargs=True)
+    explained: list[httpx.Response] = []
+    body = {"messages": MESSAGES, "reply": REPLY, "methods": ["integrated_gradients"], "steps": 256}
+    explaining = threading.Thread(target=lambda: explained.append(post(server, body)))
+    try:
+        explaining.start()
+        assert in_flight.wait(timeout=120), "the explanation never started its forward pass"
+        stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hello!"}],
+                                                max_tokens=24, temperature=0.9, seed=3, stream=True,
+                                                stream_options={"include_usage": True})
+        chunks = list(stream)
+        assert not explained  # the explanation is still held: it cannot have answered before the chat
+        chat_done.set()
+        explaining.join(timeout=300)
+    finally:
+        chat_done.set()
+        hook.remove()
+    assert released == [True]
+    assert chunks[-1].usage.completion_tokens >= 1 and any(c.choices and c.choices[0].delta.content for c in chunks)
+    assert explained[0].status_code == 200, explained[0].text
+    document = explained[0].json()
+    layout = lay_out(tiny_loaded, MESSAGES, REPLY)
+    expected, _, _ = integrated_gradients(tiny_loaded, layout, (0, len(layout.reply_ids)), steps=256)
+    assert document["scores"]["integrated_gradients"] == pytest.approx(expected, abs=1e-4)
