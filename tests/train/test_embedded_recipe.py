@@ -28,6 +28,9 @@ def test_recipe_runs_on_the_embedded_model_and_chat_loads_its_final(recipe: Path
         runpy.run_path(str(REPO / "examples" / "python_reference.py"))["write"](tmp_path / "prose")
         sources = [f"text:{tmp_path / 'prose' / 'train'}" if s.endswith("python-reference/train") else s for s in sources]
         overrides.append(f"data.sources={json.dumps(sources)}")
+    if "python-stdlib-pairs" in sources:  # ~5,400 pairs take minutes to prepare; the checkout's own code is enough here
+        sources = [f"pairs:{REPO / 'parley'}" if s == "python-stdlib-pairs" else s for s in sources]
+        overrides.append(f"data.sources={json.dumps(sources)}")
     config = load_config(recipe, overrides)
     final = start(config)
 
