@@ -71,9 +71,9 @@ DtypeOption = typer.Option("auto", help="auto, float32, bfloat16, float16 or int
                            "auto: bf16 on GPU; on CPU fp32, but generation (chat, serve, eval) uses int8 where the CPU "
                            "has bf16 natively.")
 CompileOption = typer.Option(
-    None, "--compile/--no-compile", show_default="on, unless PARLEY_COMPILE=0",
-    help="Compile decoding in the background (local models on CPU; ~45 s the first time, ~10 s later from the "
-    "cache in $PARLEY_HOME/inductor; then ~1.5x faster).",
+    None, "--compile/--no-compile", show_default="off, unless PARLEY_COMPILE=1",
+    help="Compile decoding in the background (local models on CPU): ~1.5x faster decoding once done, but the "
+    "~1 min compile slows the answers given meanwhile.",
 )
 BaseUrlOption = typer.Option(
     None, "--base-url", help="The OpenAI-compatible service for --model openai:NAME (default $OPENAI_BASE_URL; "
@@ -611,6 +611,8 @@ def serve(
     device: str = DeviceOption,
     dtype: str = DtypeOption,
     compile: Optional[bool] = CompileOption,
+    threads: Optional[int] = typer.Option(None, help="Math threads for the model; default: one fewer than the "
+                                          "CPUs, leaving a core for the HTTP side."),
 ) -> None:
     """Serve an OpenAI-compatible API (/v1) and a web chat page (/) over one model, batching requests."""
     from parley.serve.app import ServeOptions, api_keys_from_env, run
@@ -620,6 +622,7 @@ def serve(
         api_keys=list(api_key) or api_keys_from_env(), allowed_hosts=list(allowed_host),
         cors_origins=list(cors_origin), max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, explain_budget=explain_budget, grace_s=grace, device=device, dtype=dtype, compile=compile,
+        threads=threads,
     ))
 
 

@@ -1,6 +1,6 @@
 """Decode steps compiled by inductor: one token for each row of a batch, on CPU, in the background.
 
-    engine = LocalEngine(loaded, compile=True)     # `parley chat` and `parley serve` by default on CPU
+    engine = LocalEngine(loaded, compile=True)     # `parley chat --compile`, `parley serve --compile`
 
 Why: a profile of the eager int8 decode step of the embedded model (README, Speed) spends ~40% of it
 in the int8 GEMVs and the rest in Python and in ~1,300 small operator calls (norms, rotary
@@ -11,10 +11,11 @@ inductor's C++ GEMM template on frozen weights streams them ~2x faster than aten
 How: one graph per shape family, dynamic in the batch size, the rows and columns allocated in the
 RowCache, and the columns attended over (the live width, so attention costs what the context does):
     batch 1 in a cache of 1 row (chat, one client)  and  batch >= 2 (several clients, evaluation).
-A background thread compiles both on dummy inputs while the engine keeps decoding eagerly; from then
-on `Batch` hands over every step it `covers`. Anything else (prefill, a lone row left in a wider
+A background thread compiles both on dummy inputs while the engine keeps decoding eagerly (slowly:
+the compile holds the GIL and both cores; ~65 s on 2 cores even from a warm cache, which is why it
+is opt-in); from then on `Batch` hands over every step it `covers`. Anything else (prefill, a lone row left in a wider
 cache) runs eagerly. With bf16 or int8 weights the graphs are read back from inductor's disk cache
-(`$PARLEY_HOME/inductor`) on later starts: ~45 s of compiling the first time, ~10 s after.
+(`$PARLEY_HOME/inductor`) on later starts, which saves inductor's code generation but not dynamo's tracing.
 With fp32 weights they are frozen into the C++ GEMM, which inductor cannot cache: ~2 min every start.
 Attention runs as plain matmul-softmax-matmul inside the graph (SDPA's math backend), which inductor
 fuses; its flash kernel costs more for one query.
@@ -44,9 +45,10 @@ log = logging.getLogger("parley.compiled")
 
 
 def wanted() -> bool:
-    """Whether chat, serve and eval compile by default: yes, unless PARLEY_COMPILE=0 (the test suite sets
-    it, so that hundreds of short-lived engines do not each start a compile)."""
-    return os.environ.get("PARLEY_COMPILE", "1") != "0"
+    """Whether chat, serve and eval compile when not told: only with PARLEY_COMPILE=1. Off by default
+    because the compile starves the decoding it runs beside: on 2 cores a first answer given while it
+    runs took 63 s instead of 1.7 (README, Speed). The test suite pins PARLEY_COMPILE=0."""
+    return os.environ.get("PARLEY_COMPILE", "0") == "1"
 
 
 def cache_dir() -> str:
