@@ -13,8 +13,8 @@ RowCache, and the columns attended over (the live width, so attention costs what
     batch 1 in a cache of 1 row (chat, one client)  and  batch >= 2 (several clients, evaluation).
 A background thread compiles both on dummy inputs while the engine keeps decoding eagerly (slowly:
 the compile holds the GIL and both cores; ~65 s on 2 cores even from a warm cache, which is why it
-is opt-in); from then on `Batch` hands over every step it `covers`. Anything else (prefill, a lone row left in a wider
-cache) runs eagerly. With bf16 or int8 weights the graphs are read back from inductor's disk cache
+is opt-in); from then on `Batch` hands over every step it `covers`. Anything else (prefill, a lone
+row left in a wider cache) runs eagerly. With bf16 or int8 weights the graphs are read back from inductor's disk cache
 (`$PARLEY_HOME/inductor`) on later starts, which saves inductor's code generation but not dynamo's tracing.
 With fp32 weights they are frozen into the C++ GEMM, which inductor cannot cache: ~2 min every start.
 Attention runs as plain matmul-softmax-matmul inside the graph (SDPA's math backend), which inductor
