@@ -43,7 +43,8 @@ def from_stack(obj, source: str, line: int | None, filt: CodeFilter, skipped: Co
     return text_record(content, source, line, path=path, lang=lang)
 
 
-def from_codesearchnet(obj, source: str, line: int | None) -> Record | Bad:
+def from_codesearchnet(obj, source: str, line: int | None, skipped: Counter) -> Record | Bad | None:
+    """A pair record, a Bad row, or None when the docstring is only a summary (counted in `skipped`)."""
     if not isinstance(obj, dict) or not isinstance(obj.get("code"), str):
         return Bad(source, line, 'expected a "code" string (the CodeSearchNet layout)')
     docstring, name = obj.get("docstring") or "", obj.get("func_name") or ""
@@ -52,6 +53,9 @@ def from_codesearchnet(obj, source: str, line: int | None) -> Record | Bad:
     lang = str(obj.get("language") or "code")
     short = name.rsplit(".", 1)[-1] or "function"
     messages = pair_messages(_display(lang), name or short, short, docstring, obj["code"])
+    if messages is None:
+        skipped["summary_only"] += 1
+        return None
     return Record(messages, source, line, {"function": name, "lang": lang})
 
 

@@ -4,9 +4,11 @@
     python-stdlib-pairs   the same over this interpreter's standard library
 
 A function becomes a two-turn conversation: the user asks for a function with its signature and the
-docstring's summary; the assistant answers with the function's code (docstring removed, indentation
-kept exactly) and an explanation taken from the docstring. Skipped: private and test functions,
-docstrings of fewer than `MIN_WORDS` words, stubs whose body is only the docstring, and functions
+docstring's summary (its first sentence); the assistant answers with the function's code (docstring
+removed, indentation kept exactly) and then explains it with the rest of the docstring, the detail
+the request did not already say. Skipped: private and test functions, docstrings of fewer than
+`MIN_WORDS` words, docstrings that are only a summary (`summary_only`: the answer would have nothing
+to explain but the request's own words), stubs whose body is only the docstring, and functions
 longer than `MAX_LINES` lines. CodeSearchNet rows (already function + docstring) use the same
 `pair_messages`.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import re
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -25,6 +28,8 @@ from parley.data.records import Record
 MIN_WORDS = 4  # a shorter docstring says too little to ask for the function by
 MAX_LINES = 80  # longer functions make poor single answers
 MAX_EXPLANATION = 800  # characters of docstring detail kept after the summary
+# A sentence ends at . ! or ? before a capital or a backquote ("e.g. the" does not end one).
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`])")
 
 REQUESTS = (
     "Write a {lang} {kind} `{signature}`. It should do this: {summary}",
@@ -56,24 +61,43 @@ def pairs_from_file(record: Record, skipped: Counter) -> Iterator[Record]:
         name = f"{owner}.{node.name}" if owner else node.name
         kind = "method" if owner else "function"
         messages = pair_messages("Python", name, signature, doc, code, kind)
+        if messages is None:
+            skipped["summary_only"] += 1
+            continue
         yield Record(messages, record.source, node.lineno, {**record.meta, "function": name})
 
 
-def pair_messages(lang: str, name: str, signature: str, docstring: str, code: str, kind: str = "function") -> list[dict]:
-    """The request built from the docstring's summary, the answer from the code and the rest of it."""
-    paragraphs = [" ".join(p.split()) for p in docstring.strip().split("\n\n") if p.strip()]
-    summary = paragraphs[0] if paragraphs else ""
+def pair_messages(lang: str, name: str, signature: str, docstring: str, code: str,
+                  kind: str = "function") -> list[dict] | None:
+    """The request built from the docstring's summary, the answer from the code and the docstring's
+    detail; None when the docstring has no detail beyond its summary."""
+    summary, detail = split_docstring(docstring)
+    if not detail:
+        return None
     # Variety without randomness: the phrasing is chosen by the function's name.
     choice = int(hashlib.blake2b(name.encode(), digest_size=4).hexdigest(), 16) % len(REQUESTS)
     request = REQUESTS[choice].format(lang=lang, kind=kind, signature=signature, name=name, summary=summary)
-    explanation = summary
-    for paragraph in paragraphs[1:]:
+    explanation = detail[0]
+    for paragraph in detail[1:]:
         if len(explanation) + len(paragraph) > MAX_EXPLANATION:
             break
         explanation += "\n\n" + paragraph
     fence = "```" + "`" * _longest_backtick_run(code)  # a fence the code itself cannot close
     answer = f"{fence}{lang.lower()}\n{code.rstrip()}\n{fence}\n\n{explanation}"
     return [{"role": "user", "content": request}, {"role": "assistant", "content": answer}]
+
+
+def split_docstring(docstring: str) -> tuple[str, list[str]]:
+    """(summary, detail paragraphs): the first sentence, and the prose after it, whitespace collapsed.
+
+    Doctest paragraphs (`>>>`) are not prose, and with their layout collapsed not code either: left out.
+    """
+    paragraphs = [" ".join(p.split()) for p in docstring.strip().split("\n\n") if p.strip()]
+    if not paragraphs:
+        return "", []
+    summary, *rest = SENTENCE_END.split(paragraphs[0], maxsplit=1)
+    detail = rest + [p for p in paragraphs[1:] if not p.startswith(">>>")]
+    return summary, detail
 
 
 def _functions(tree: ast.AST, owner: str = "") -> Iterator[tuple[str, ast.FunctionDef]]:

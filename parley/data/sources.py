@@ -245,7 +245,9 @@ def _rows(src: Source, rows, source: str, table: bool, columns: list[str] | None
             if record is not None:
                 yield record
         elif layout == "codesearchnet":
-            yield code_formats.from_codesearchnet(obj, source, line)
+            record = code_formats.from_codesearchnet(obj, source, line, src.skipped)
+            if record is not None:
+                yield record
         elif layout == "pairs":
             cols = resolved or (Columns(**_column_opts(src)).resolve(obj.keys()) if isinstance(obj, dict) else None)
             if cols is None:

@@ -14,10 +14,12 @@ model trained on the same source never saw them. Each request is answered greedi
     with_code        share of answers with at least one code block
     rouge1/2/L, bleu the answer's explanation (that text; "" when there is none, which scores 0)
                      against the reference answer's, by the dialogue eval's scorer (dialogue.score)
+    restated         share of the explanations given that mostly say the request again: at least
+                     `RESTATED` of their words, in order, are the request's (ROUGE-L recall)
 
-Limit: the pairs' reference explanation begins with the docstring's summary, which the request also
-quotes, so an answer that echoes its request scores some ROUGE for free: `echo_rougeL` in the
-details is that score (the request's text as the explanation), the floor to read ROUGE against.
+The pairs' reference explanation is the docstring's detail after the summary the request quotes,
+so echoing the request earns little; `echo_rougeL` in the details is what it earns (the request's
+text as the explanation), the floor to read ROUGE against.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from parley.code_blocks import after_last_block
 from parley.errors import ConfigError
 from parley.eval.completions import generate_all
 from parley.eval.dialogue import DialogueConfig, conversations, score
+
+RESTATED = 0.8  # share of an explanation's words (in order) found in the request: it says the request again
 
 
 @dataclass(frozen=True)
@@ -66,13 +70,23 @@ def requests(sources: list[str], config: ExplanationsConfig) -> list[tuple[list[
     return found[: config.limit] if config.limit else found
 
 
+def restates(explanation: str, request: str) -> bool:
+    """Whether `explanation` mostly repeats `request`: ROUGE-L recall of its words in the request."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return scorer.score(explanation, request)["rougeL"].recall >= RESTATED
+
+
 def score_answers(found: list[tuple[list[dict], str, str]], answers: list[str], config: ExplanationsConfig) -> dict:
     """A results document (without model and sources) for `answers`, one per `requests()` item."""
     answers = [a.strip() for a in answers]
     mine = [explanation(a, config.min_words) for a in answers]
     references = [explanation(reference, config.min_words) for _, reference, _ in found]
     metrics, details = score(references, mine)
-    echo, _ = score(references, [history[-1]["content"] for history, _, _ in found])
+    asked = [history[-1]["content"] for history, _, _ in found]
+    echo, _ = score(references, asked)
+    given = [(text, request) for text, request in zip(mine, asked) if text]
     replies = [
         {"where": where, "context": history[-1]["content"], "reference": reference, "generated": answer,
          "explanation": text}
@@ -85,6 +99,7 @@ def score_answers(found: list[tuple[list[dict], str, str]], answers: list[str], 
             "explained": sum(bool(t) for t in mine) / len(mine),
             "with_code": sum(after_last_block(a) is not None for a in answers) / len(answers),
             **{name: metrics[name] for name in ("rouge1", "rouge2", "rougeL", "bleu")},
+            "restated": sum(restates(*pair) for pair in given) / len(given) if given else 0.0,
         },
         "details": {"requests": len(found), "echo_rougeL": echo["rougeL"], **details},
         "examples": replies[: config.examples],

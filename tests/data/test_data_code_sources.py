@@ -115,15 +115,18 @@ def test_the_stack_and_codesearchnet_rows(tmp_path):
     assert dict(source.skipped) == {"duplicate": 1, "minified": 1}
 
     csn = write_jsonl(tmp_path / "csn.jsonl", [
-        {"code": "def add(a, b):\n    return a + b\n", "docstring": "Add two numbers and return the sum.",
+        {"code": "def add(a, b):\n    return a + b\n", "docstring": "Add two numbers. Floats lose precision.",
          "func_name": "mathx.add", "language": "python"},
         {"code": "x", "docstring": "", "func_name": "f", "language": "go"},
+        {"code": "func g() {}", "docstring": "Does g, and nothing more.", "func_name": "g", "language": "go"},
     ])
-    items = list(parse(str(csn)).read())
+    source = parse(str(csn))
+    items = list(source.read())
     user, assistant = items[0].messages
-    assert "Add two numbers and return the sum." in user["content"] and user["role"] == "user"
-    assert assistant["content"].startswith("```python\ndef add(a, b):\n    return a + b\n```\n\nAdd two numbers")
+    assert "Add two numbers." in user["content"] and "Floats" not in user["content"] and user["role"] == "user"
+    assert assistant["content"] == "```python\ndef add(a, b):\n    return a + b\n```\n\nFloats lose precision."
     assert str(items[1]).endswith(':2: empty "docstring": nothing to build the request from')
+    assert len(items) == 2 and dict(source.skipped) == {"summary_only": 1}  # g's docstring is only its summary
 
 
 PAIRS_SRC = '''\
@@ -146,7 +149,11 @@ class Stack:
 
 @functools.cache
 def fib(n):
-\t"""Return the n-th Fibonacci number, computed recursively."""
+\t"""Return the n-th Fibonacci number. Computed recursively, e.g. by the cache.
+
+\t>>> fib(10)
+\t55
+\t"""
 \tif n < 2:
 \t\treturn n
 \treturn fib(n - 1) + fib(n - 2)
@@ -154,6 +161,11 @@ def fib(n):
 
 def undocumented():
     return 2
+
+
+def summary_only(x):
+    """Return x doubled, as an integer or a float."""
+    return x * 2
 
 
 def stub():
@@ -170,12 +182,17 @@ def test_instruction_pairs_from_documented_functions(tmp_path):
     push, fib = records
     assert push.line == 5 and push.source.endswith("lib.py")
     assert "`push(self, item)`" in push.messages[0]["content"] and "Put an item on top of the stack." in push.messages[0]["content"]
+    # The request quotes the summary; the answer explains with the rest, never the summary again.
     assert push.messages[1]["content"] == (
         "```python\ndef push(self, item):\n    self.items.append(item)\n    return len(self.items)\n```\n\n"
-        "Put an item on top of the stack.\n\nThe stack grows without bound."
+        "The stack grows without bound."
     )
     assert fib.messages[1]["content"].startswith("```python\n@functools.cache\ndef fib(n):\n\tif n < 2:\n\t\treturn n\n")
+    # A multi-sentence first paragraph: the first sentence asks, the rest explains; the doctest is left out.
+    assert "Return the n-th Fibonacci number." in fib.messages[0]["content"] and "Computed" not in fib.messages[0]["content"]
+    assert fib.messages[1]["content"].endswith("```\n\nComputed recursively, e.g. by the cache.")
     assert source.skipped["syntax_error"] == 1 and source.skipped["private_or_test"] == 1
+    assert source.skipped["summary_only"] == 1
     assert source.skipped["undocumented"] == 1 and source.skipped["stub"] == 1
 
 

@@ -92,3 +92,14 @@ def test_command_writes_json_and_markdown(tiny_dir, pairs, tmp_path):
     assert [r["reference"] for r in results["replies"]] == [ref for _, ref, _ in requests([pairs], ExplanationsConfig(split="all"))]
     assert results["metrics"]["rougeL"] == 0.0 and results["details"]["requests"] == 2
     assert "| explained |" in out.with_suffix(".md").read_text()
+
+
+def test_an_explanation_that_says_the_request_again_counts_as_restated(pairs):
+    config = ExplanationsConfig(split="all")
+    found = requests([pairs], config)
+    (area_request, area_ref, _), (greet_request, _, _) = found
+    echoed = "```python\ndef greet(name):\n    return name\n```\n\n" + greet_request[-1]["content"]
+    results = score_answers(found, [area_ref, echoed], config)
+    assert results["metrics"]["explained"] == 1.0 and results["metrics"]["restated"] == 0.5
+    # The reference explains beyond the request: it is not a restatement of it.
+    assert explanation(area_ref, 5) not in area_request[-1]["content"]
