@@ -24,7 +24,7 @@ def open(spec: str = embedded.NAME, device: str = "auto", dtype: str = "auto", b
          compile: bool | None = None) -> Engine:
     """The engine for `spec`: see the module docstring. `base_url` is for remote specs only; `compile`
     (local models on CPU) compiles decode steps in the background (compiled.py); None: `compiled.wanted()`,
-    which is off unless PARLEY_COMPILE=1."""
+    which is on unless PARLEY_COMPILE=0."""
     if spec.startswith(REMOTE):
         if compile:  # asked for by name; by default it simply does not apply
             raise ConfigError(f"--compile speeds up local models; {spec} decodes on its own server: leave it out")

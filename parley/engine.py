@@ -377,7 +377,7 @@ class LocalEngine:
 
     @property
     def compiling(self) -> bool:
-        return self.compiled is not None and not self.compiled.wait(timeout=0)
+        return self.compiled is not None and self.compiled.building
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         tokenizer = self.loaded.tokenizer

@@ -15,8 +15,8 @@ import pytest
 from tiny_models import tiny_gpt2, tiny_llama
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never the network, whatever the caller's environment says
-# PARLEY_COMPILE=1 in a developer's environment would make every short-lived engine start a background
-# compile on the 2 cores; tests/test_compiled.py compiles on purpose.
+# Compiled decoding is the default: every short-lived engine (and CLI subprocess, which inherits this)
+# would start a background compile on the 2 cores; tests/test_compiled.py compiles on purpose.
 os.environ["PARLEY_COMPILE"] = "0"
 # pytest-xdist's workers set COLUMNS=80 and LINES=24, which Rich prefers to the size of the pseudo-
 # terminal a test opens: the chat would wrap at 80 columns under `make test` and not otherwise.
