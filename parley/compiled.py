@@ -229,6 +229,8 @@ def _skeleton(model: nn.Module) -> nn.Module:
 
 
 def _with_tensors(model: nn.Module, make) -> nn.Module:
+    """A deep copy of `model` with each parameter and buffer replaced by `make(it)`, shared ones once
+    (deepcopy's memo maps every original tensor to its replacement)."""
     memo = {}
     for t in itertools.chain(model.parameters(), model.buffers()):
         new = make(t)
