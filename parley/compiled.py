@@ -254,7 +254,9 @@ def _build_graphs(skeleton_path: str, folder: str, dtype: str, window: str, keep
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / GRAPH_FILE).is_file():
             return
-        model = _with_tensors(torch.load(skeleton_path, weights_only=False), lambda t: torch.empty_like(t, device="cpu"))
+        skeleton = torch.load(skeleton_path, weights_only=False)
+        Path(skeleton_path).unlink(missing_ok=True)  # here too: a parent killed while we compile cannot do it
+        model = _with_tensors(skeleton, lambda t: torch.empty_like(t, device="cpu"))
         dtype_, window_, keeps = getattr(torch, dtype), int(window), keeps_logits == "1"
         # Everything is an input (no guard is kept: `covers` decides), so nothing in the graph refers to
         # this process's objects by identity.

@@ -44,6 +44,7 @@ def test_compiled_steps_match_the_eager_ones(llama_loaded, monkeypatch, kind):
     assert compiled.compiled.wait(timeout=600), compiled.compiled.error
     assert eager.compiled is None
     assert (parley.compiled.cache_dir() / compiled.compiled.key() / parley.compiled.GRAPH_FILE).is_file()
+    assert not list(parley.compiled.cache_dir().glob("*.skeleton.pt"))  # the model's skeleton is not left behind
 
     ours, theirs = teacher_forced(compiled, PROMPTS[:1], 40), teacher_forced(eager, PROMPTS[:1], 40)
     assert (ours - theirs).abs().max() < TOLERANCE[kind]
