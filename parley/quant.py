@@ -13,10 +13,23 @@ The scheme is symmetric absmax per output row (scale = max|w| / 127): lossy, and
 other lossy modes (HumanEval pass@1 and perplexity beside fp32, README). Activations, norms,
 attention and the embedding stay in the model's dtype (bf16).
 
-Only decode steps use it: the kernel is a GEMV, so a forward of more than GEMV_ROWS rows (a prompt's
-prefill, a wide batch) multiplies by the original bf16 weights, which are kept (memory is ~1.5x
-bf16's, not half: this mode buys speed, not memory). So are forwards that need a gradient (the
-attribution methods of parley.explain), and everything off CPU.
+Only one-row forwards use it (a chat, one API client, each decode step): the kernel is a GEMV, whose
+cost grows with every row, so a forward of more rows (a batch of clients, a prompt's prefill)
+multiplies by the original bf16 weights in oneDNN's packed layout instead (`torch.ops.mkldnn`, the
+kernels inductor's CPU backend calls after freezing): the same products as `F.linear`, bit for bit,
+without repacking the weights on every call. Over the embedded model's 211 linear layers, one
+thread, ms per forward (`bench/linears.py`):
+
+    rows       1     2     4     8     16
+    int8     20.5  24.9  33.7  45.6  87.4
+    bf16     38.1  37.6  41.5  47.8  69.7    (F.linear: packs the weights on every call)
+    packed   23.2  25.3  29.8  24.7  45.5
+
+So a batch decodes in bf16 (the packed products are the same whatever the rows, so neighbours never
+change a row's numbers), and one row alone in int8; this lossy mode's quality is measured on both
+(README, Speed). The plain bf16 weights are kept too, for forwards that need a gradient (the
+attribution methods of parley.explain), for a tied embedding, and off CPU; memory is then ~2.5x
+bf16's: this mode buys speed, not memory.
 """
 
 from __future__ import annotations
@@ -25,7 +38,8 @@ import torch
 from torch import nn
 
 SKIP = ("lora_",)  # adapter matrices are small and trained in full precision: quantizing them saves nothing
-GEMV_ROWS = 8  # rows up to which the int8 kernel beats bf16's GEMM here (1536 x 576: 43 vs 52 us at 8, 86 vs 69 at 16)
+GEMV_ROWS = 1  # rows up to which the int8 GEMV beats packed bf16 (at 2 they tie; see the module docstring)
+PACK_ROWS = 8  # the rows oneDNN lays the packed weights out for (the serving batch); any count works
 
 
 class Int8Linear(nn.Module):
@@ -43,11 +57,16 @@ class Int8Linear(nn.Module):
         scale = (weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127).to(dtype)
         self.register_buffer("qweight", torch.round(weight / scale.float()[:, None]).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale)
+        self.packed = _Packed(linear.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if rows > GEMV_ROWS or x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+        if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
             return nn.functional.linear(x, self.weight, self.bias)
+        if rows > GEMV_ROWS:
+            if self.packed.tensor is None:
+                return nn.functional.linear(x, self.weight, self.bias)
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed.tensor, self.bias, "none", [], "")
         out = torch._weight_int8pack_mm(x.reshape(rows, self.in_features).to(self.scale.dtype), self.qweight, self.scale)
         out = out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return out if self.bias is None else out + self.bias
@@ -58,6 +77,26 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights for <= {GEMV_ROWS} rows"
+
+
+class _Packed:
+    """A weight in oneDNN's packed layout, or None where oneDNN has no bf16 kernel (then `F.linear` runs).
+    Not part of the module's state: copies and pickles of the module start without it (the compile
+    skeleton of parley.compiled is one: its weights are on the meta device, which has no such layout)."""
+
+    tensor: torch.Tensor | None = None  # also what an unpickled copy, which has no state, reads
+
+    def __init__(self, weight: torch.Tensor | None):
+        if weight is not None and weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and (
+                torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            with torch.no_grad():
+                self.tensor = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), PACK_ROWS)
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.tensor = None
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:

@@ -29,18 +29,34 @@ def test_the_int8_kernel_computes_the_dequantized_product():
     assert (error <= q.scale.float()[:, None] / 2 + 1e-6).all()
     assert q.qweight.dtype == torch.int8 and q.qweight.abs().max() == 127
 
-    x = torch.randn(2, 4, 96, dtype=torch.bfloat16)  # any leading shape: (B, q, K), up to GEMV_ROWS rows
+    x = torch.randn(1, 1, 96, dtype=torch.bfloat16)  # one row (B, q, K): a decode step of one sequence
     with torch.inference_mode():
         ours = q(x)
     reference = x.float() @ q.dequantized(torch.float32).T + linear.bias.detach().float()
-    assert ours.shape == (2, 4, 40) and ours.dtype == torch.bfloat16
+    assert ours.shape == (1, 1, 40) and ours.dtype == torch.bfloat16
     torch.testing.assert_close(ours.float(), reference, atol=0.05, rtol=0.02)
     assert not torch.equal(ours, linear(x))  # really the int8 weights
 
-    # More rows than a GEMV pays for (a prompt's prefill): the original weights, exactly as nn.Linear.
+    # More rows than a GEMV pays for (a batch, a prompt's prefill): the original weights, exactly as nn.Linear,
+    # and each row the same whatever rows share the forward.
     wide = torch.randn(3, 5, 96, dtype=torch.bfloat16)
     with torch.inference_mode():
         torch.testing.assert_close(q(wide), linear(wide), atol=0, rtol=0)
+        torch.testing.assert_close(q(wide[:1, :2]), q(wide)[:1, :2], atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="oneDNN has no bf16 kernel on this CPU")
+def test_batches_multiply_by_packed_weights_which_copies_leave_behind():
+    linear = nn.Linear(64, 32, bias=False).to(torch.bfloat16)
+    q = Int8Linear(linear, torch.bfloat16)
+    assert q.packed.tensor is not None and q.packed.tensor.is_mkldnn  # oneDNN's layout, made once
+    # A copy (the compile skeleton is one) and a pickle leave the packed weights behind and fall back to
+    # nn.Linear: the meta device has no such layout, and the copy must not double the memory.
+    copied = copy.deepcopy(q)
+    assert copied.packed.tensor is None
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        torch.testing.assert_close(copied(x), q(x), atol=0, rtol=0)
 
 
 def test_quantizing_replaces_every_linear_layer_and_keeps_the_embedding(embedded_tokenizer):
@@ -70,16 +86,24 @@ def test_an_int8_engine_batches_exactly_and_differentiates_for_attribution(tiny_
     engine = LocalEngine(dataclasses.replace(loaded, stop_ids=[], stop_strings=[]), prefix_cache_mb=0)
     params = SamplingParams(temperature=0, max_new_tokens=8)
     prompts = ["Hi", "Tell me about tensors", "def f(x):"]
-    alone = [engine.generate(p, params) for p in prompts]
 
-    batch = engine.new_batch()
-    seqs = [engine.start(p, params) for p in prompts]
-    batch.add_many(seqs)
-    while batch.seqs:
-        batch.step()
-        for seq in [s for s in batch.seqs if s.done]:
-            batch.remove(seq)
-    assert [s.text for s in seqs] == alone
+    def batched(group: list[str]) -> list[str]:
+        batch = engine.new_batch()
+        seqs = [engine.start(p, params) for p in group]
+        batch.add_many(seqs)
+        while batch.seqs:
+            batch.step()
+            for seq in [s for s in batch.seqs if s.done]:
+                batch.remove(seq)
+        return [s.text for s in seqs]
+
+    # A batch decodes with the bf16 weights: a row's text is the same whatever shares the batch, as in
+    # bf16 itself (one row alone takes the int8 GEMV, which rounds otherwise).
+    together = batched(prompts)
+    assert batched(prompts[:2]) == together[:2] and batched([prompts[2], prompts[0]]) == [together[2], together[0]]
+    bf16 = LocalEngine(dataclasses.replace(models.load(tiny_dir, dtype="bfloat16"), stop_ids=[], stop_strings=[]),
+                       prefix_cache_mb=0)
+    assert together == [bf16.generate(p, params) for p in prompts]
 
     # With a gradient wanted (attribution), the layer takes the dequantized path: same values, and a gradient.
     embeds = loaded.model.model.embed_tokens(torch.tensor([[5, 6, 7]])).detach().requires_grad_()
