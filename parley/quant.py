@@ -20,10 +20,10 @@ kernels inductor's CPU backend calls after freezing): the same products as `F.li
 without repacking the weights on every call. Over the embedded model's 211 linear layers, one
 thread, ms per forward (`bench/linears.py`):
 
-    rows       1     2     4     8     16
-    int8     20.5  24.9  33.7  45.6  87.4
-    bf16     38.1  37.6  41.5  47.8  69.7    (F.linear: packs the weights on every call)
-    packed   23.2  25.3  29.8  24.7  45.5
+    rows       1     2     4     8     16     64
+    int8     22.5  24.2  34.5  47.0  86.6  299.6
+    bf16     44.1  37.4  49.6  50.6  66.3  125.9    (F.linear: packs the weights on every call)
+    packed   24.7  29.0  29.9  25.6  36.7   95.3
 
 So a batch decodes in bf16 (the packed products are the same whatever the rows, so neighbours never
 change a row's numbers), and one row alone in int8; this lossy mode's quality is measured on both
