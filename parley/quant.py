@@ -76,7 +76,7 @@ class Int8Linear(nn.Module):
         return self.qweight.to(dtype) * self.scale[:, None].to(dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights for <= {GEMV_ROWS} rows"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights for <= {GEMV_ROWS} rows, packed bf16 for more"
 
 
 class _Packed:
@@ -86,8 +86,8 @@ class _Packed:
 
     tensor: torch.Tensor | None = None  # also what an unpickled copy, which has no state, reads
 
-    def __init__(self, weight: torch.Tensor | None):
-        if weight is not None and weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and (
+    def __init__(self, weight: torch.Tensor):
+        if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and (
                 torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
             with torch.no_grad():
                 self.tensor = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), PACK_ROWS)
