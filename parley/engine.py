@@ -8,9 +8,8 @@
 
 `Engine` is a Protocol: `LocalEngine` (below) and `parley.remote.RemoteEngine` implement it, and front
 ends hold an `Engine` without asking which. `generate` is `stream` joined, so the two give identical
-text. Each local request owns a torch.Generator seeded from `SamplingParams.seed`, so a seed
-reproduces its text whatever else shares the batch (in int8 mode, a row decoding alone takes the int8
-kernel and a batch the bf16 weights, so there: whatever else shares it, once it is shared; quant.py).
+text. Each local request owns a torch.Generator seeded from `SamplingParams.seed`, so a seed reproduces
+its text whatever else shares the batch (int8 mode: once shared, as a row alone decodes in int8; quant.py).
 
 Batching: `Batch` decodes many sequences in one forward pass per token, each in its own row of a
 preallocated KV cache (`parley.kvcache.RowCache`) at its own length. Sequences join (`add_many`

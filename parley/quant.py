@@ -95,9 +95,6 @@ class _Packed:
     def __getstate__(self) -> dict:
         return {}
 
-    def __setstate__(self, state: dict) -> None:
-        self.tensor = None
-
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every plain `nn.Linear` of `model` (adapters' own matrices excepted) by an `Int8Linear`,
