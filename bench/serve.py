@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,8")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="the server's math threads (default: parley serve's own)")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
 
@@ -43,7 +44,7 @@ def main() -> None:
     parley = str(Path(sys.executable).with_name("parley"))
     server = subprocess.Popen(
         [parley, "serve", "--model", args.model, "--port", str(port), "--max-batch", str(max(counts)),
-         "--max-tokens", str(args.tokens)],
+         "--max-tokens", str(args.tokens)] + (["--threads", str(args.threads)] if args.threads else []),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
     )
     try:
@@ -61,6 +62,7 @@ def main() -> None:
         print(json.dumps({
             "bench": "serve", "model": args.model, "tokens_per_request": args.tokens, "rounds": args.rounds,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "threads": args.threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "baseline": f"{counts[0]} client",
             "results": results,
             f"throughput_ratio_{counts[-1]}_vs_{counts[0]}": round(top["tokens_per_s"] / base["tokens_per_s"], 2),

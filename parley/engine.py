@@ -65,7 +65,7 @@ from parley.errors import ConfigError, ContextError
 from parley.compiled import CompiledStep
 from parley.kvcache import PrefixStore, RowCache
 from parley.models import Loaded
-from parley.sampling import SAMPLING_EPS, ParamError, SamplingParams, held_back, processors
+from parley.sampling import SAMPLING_EPS, ParamError, SamplingParams, draw, held_back, processors
 from parley.seq2seq import Seq2SeqBatch
 from parley.templates import Chat, encode_chat
 
@@ -150,7 +150,7 @@ class Sequence:
             token_id = int(torch.argmax(scores))
         else:
             probs = torch.softmax(scores, dim=-1)
-            token_id = int(torch.multinomial(probs, 1, generator=self.generator))
+            token_id = draw(probs, self.generator)
         top, top_ids = [], []
         if self.params.top_logprobs:
             values, ids = torch.topk(logprobs, self.params.top_logprobs)

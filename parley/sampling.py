@@ -14,6 +14,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+import torch
 from transformers import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
@@ -179,6 +180,22 @@ def processors(params: SamplingParams, greedy: bool) -> LogitsProcessorList:
         if params.top_p < 1.0:
             chain.append(TopPLogitsWarper(params.top_p))
     return chain
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One token id drawn from `probs` (V,): the first whose cumulative probability passes a uniform draw.
+
+    The same distribution as `torch.multinomial(probs, 1)`, which draws one exponential per vocabulary
+    entry: ~1 ms for SmolLM2's 49,152 tokens on a CPU core, a sixth of an 8-row decode step. This draws
+    one number and costs ~40 µs. The sums are fp64, so the tail of a large vocabulary keeps its share."""
+    cdf = torch.cumsum(probs, 0, dtype=torch.float64)
+    if not cdf[-1] > 0:  # NaN, or everything masked: multinomial refuses these too
+        raise ValueError("no token has a finite, positive probability to sample from")
+    u = torch.rand(1, generator=generator, dtype=torch.float64, device=probs.device) * cdf[-1]
+    i = int(torch.searchsorted(cdf, u, right=True))
+    # Tokens with no probability add nothing to the sum, so they are never first past u; only the
+    # rounding of u up to the very total can step past the end, onto the last token that has some.
+    return i if i < len(probs) else int(probs.nonzero()[-1])
 
 
 def held_back(text: str, stops: list[str]) -> int:
