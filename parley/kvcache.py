@@ -109,6 +109,12 @@ class RowCache(Cache):
             layer.keys[row, :, :length] = keys[:, :length]
             layer.values[row, :, :length] = values[:, :length]
 
+    def alone(self, row: int, length: int) -> RowCache:
+        """A new cache holding only `row`'s first `length` positions, as its row 0."""
+        cache = RowCache(self.limit, self.first_capacity)
+        cache.restore(0, self.snapshot(row, length), length)
+        return cache
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 0  # positions are always given explicitly, per row
 

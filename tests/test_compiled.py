@@ -1,6 +1,7 @@
 """The compiled decode step (compiled.py) on a tiny random Llama: it is really used for one row as the
 cache grows; its logits match the eager ones (fp32: to rounding; bf16 and int8 weights: within a
-stated tolerance); what it does not cover (batches, wide contexts) runs eagerly. Each model and dtype
+stated tolerance); what it does not cover (batches, wide contexts) runs eagerly, and the last row of a batch moves to a
+one-row cache, which it covers. Each model and dtype
 compiles once (in a child process); later engines load the saved graph."""
 
 from __future__ import annotations
@@ -66,17 +67,23 @@ def test_compiled_steps_match_the_eager_ones(llama_loaded, monkeypatch, kind):
     assert compiled.compiled.steps == before
 
     monkeypatch.setattr("parley.compiled.MAX_WIDTH", 1024)
-    # A lone row left in a wider cache is not the shape the graph was built for: it decodes eagerly.
+    # When the others finish, the row left (the longest answer of an evaluation, the last client still
+    # streaming) moves to a cache of its own, which the compiled step covers.
+    params = [SamplingParams(temperature=0, max_new_tokens=n) for n in (2, 6)]
     batch = compiled.new_batch()
-    seqs = [compiled.start(p, SamplingParams(temperature=0, max_new_tokens=n)) for p, n in zip(PROMPTS[:2], (2, 6))]
+    seqs = [compiled.start(p, q) for p, q in zip(PROMPTS[:2], params)]
     batch.add_many(seqs)
+    alone = []  # (compiled steps before, rows in the cache) at each step the last row took alone
     while batch.seqs:
         if len(batch.seqs) == 1:
-            before = compiled.compiled.steps
+            alone.append((compiled.compiled.steps, batch.cache.layers[0].keys.shape[0]))
         batch.step()
         for seq in [s for s in batch.seqs if s.done]:
             batch.remove(seq)
-    assert compiled.compiled.steps == before and len(seqs[1].ids) == 6
+    assert len(seqs[1].ids) == 6 and len(alone) == 4 and {rows for _, rows in alone} == {1}
+    assert compiled.compiled.steps - alone[0][0] == 4
+    if kind == torch.float32:  # and it says what it would have said alone (int8 batches round as bf16)
+        assert seqs[1].ids == [t.id for t in eager.stream(PROMPTS[1], params[1])]
 
 
 def test_a_second_engine_loads_the_saved_graphs_and_a_wrong_graph_is_refused(llama_loaded, monkeypatch):
