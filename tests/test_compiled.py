@@ -1,8 +1,8 @@
 """The compiled decode step (compiled.py) on a tiny random Llama: it is really used for one row as the
 cache grows; its logits match the eager ones (fp32: to rounding; bf16 and int8 weights: within a
-stated tolerance); what it does not cover (batches, wide contexts) runs eagerly, and the last row of a batch moves to a
-one-row cache, which it covers. Each model and dtype
-compiles once (in a child process); later engines load the saved graph."""
+stated tolerance); what it does not cover (batches, wide contexts) runs eagerly, and the last row of
+a batch moves to a one-row cache, which it covers. Each model and dtype compiles once (in a child
+process); later engines load the saved graph."""
 
 from __future__ import annotations
 
