@@ -70,6 +70,10 @@ from parley.seq2seq import Seq2SeqBatch
 from parley.templates import Chat, encode_chat
 
 PREFILL_CHUNK = 512  # prompt tokens fed per forward: bounds the (tokens x context) mask and activations
+# Joining sequences are prefilled together only while padding each to the group's longest costs at most
+# PREFILL_SLACK x their own tokens, plus PREFILL_PAD_FREE tokens (less than a forward's fixed cost): 64
+# HumanEval prompts padded to the longest of them took ~1.5x their own prefill time (README, Speed).
+PREFILL_SLACK, PREFILL_PAD_FREE = 1.25, 32
 PREFIX_CACHE_MB = 256  # memory kept for finished sequences' keys and values (automatic prefix caching)
 Prompt = str | list[dict] | Chat  # a raw prompt (used as is), or chat messages (rendered with the template), or
 # a Chat: messages with tools, tool calls and results (the model's own template if tool-aware, else tools.py's)
@@ -230,18 +234,24 @@ class Batch:
 
     @torch.inference_mode()
     def add_many(self, seqs: list[Sequence]) -> list[Token | None]:
-        """Prefill `seqs` together (from a stored prefix where one matches) and pick each one's first token."""
-        first = len(self.seqs)
-        reused = []
-        for row, seq in enumerate(seqs, start=first):
-            length, saved = self.engine.prefixes.longest(seq.prompt_ids)
-            if length:
-                self.cache.restore(row, saved, length)
-            reused.append(length)
-        logits = self._prefill(first, [seq.prompt_ids[n:] for seq, n in zip(seqs, reused)], reused)
-        self.seqs += seqs
-        self.lengths += [len(seq.prompt_ids) for seq in seqs]
-        return [seq.pick(row) for seq, row in zip(seqs, logits)]
+        """Prefill `seqs` (from a stored prefix where one matches) and pick each one's first token; tokens
+        come back in `seqs` order. Sequences of similar length are prefilled together (`_groups`)."""
+        reused = [self.engine.prefixes.longest(seq.prompt_ids) for seq in seqs]
+        pending = [len(seq.prompt_ids) - length for seq, (length, _) in zip(seqs, reused)]
+        tokens: list[Token | None] = [None] * len(seqs)
+        for group in _groups(pending):
+            first = len(self.seqs)
+            for row, i in enumerate(group, start=first):
+                length, saved = reused[i]
+                if length:
+                    self.cache.restore(row, saved, length)
+            done = [reused[i][0] for i in group]
+            logits = self._prefill(first, [seqs[i].prompt_ids[n:] for i, n in zip(group, done)], done)
+            self.seqs += [seqs[i] for i in group]
+            self.lengths += [len(seqs[i].prompt_ids) for i in group]
+            for i, row in zip(group, logits):
+                tokens[i] = seqs[i].pick(row)
+        return tokens
 
     @torch.inference_mode()
     def step(self) -> list[Token | None]:
@@ -315,6 +325,23 @@ class Batch:
             input_ids=ids, position_ids=positions, attention_mask=mask, cache=self.cache, use_cache=True, **extra,
         )
         return out.logits[:, -1:]
+
+
+def _groups(pending: list[int]) -> list[list[int]]:
+    """Indices of `pending` (tokens to prefill per sequence) in groups prefilled together, longest first;
+    a group grows while padding its members to its longest stays within PREFILL_SLACK and PREFILL_PAD_FREE."""
+    groups: list[list[int]] = []
+    total = 0
+    for i in sorted(range(len(pending)), key=lambda i: -pending[i]):
+        group = groups[-1] if groups else None
+        padded = (len(group) + 1) * pending[group[0]] if group else 0
+        if group and padded <= PREFILL_SLACK * (total + pending[i]) + PREFILL_PAD_FREE:
+            group.append(i)
+            total += pending[i]
+        else:
+            groups.append([i])
+            total = pending[i]
+    return groups
 
 
 @runtime_checkable

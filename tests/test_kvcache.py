@@ -107,3 +107,27 @@ def test_store_keeps_to_its_budget_and_drops_what_a_longer_entry_covers():
     assert length == 3 and saved is not None  # one token is always left to feed
     store.add(list(range(11)), _saved(11))  # larger than the whole budget: not kept
     assert store.longest(list(range(12)))[0] == 0
+
+
+def test_joining_sequences_are_prefilled_in_groups_of_similar_length(loaded, monkeypatch):
+    """Padding each newcomer to the longest one would mostly compute padding: similar lengths go
+    together, and every sequence still gets the tokens it gets alone, in the order it was given."""
+    assert engine_module._groups([10, 200, 190, 5, 400, 180, 1]) == [[4], [1, 2, 5], [0, 3, 6]]
+    assert engine_module._groups([]) == [] and engine_module._groups([7, 7]) == [[0, 1]]
+    prompts = ["x " * 100, "Hi", "Tell me a story about", "y " * 90]
+    engine = LocalEngine(loaded, prefix_cache_mb=0)
+    singles = [[t.id for t in engine.stream(p, GREEDY)] for p in prompts]
+    forwards = []
+    real = Batch._forward
+    monkeypatch.setattr(Batch, "_forward", lambda self, first, ids, positions: forwards.append(ids.shape)
+                        or real(self, first, ids, positions))
+    batch = Batch(engine)
+    seqs = [engine.start(p, GREEDY) for p in prompts]
+    ids = {id(s): [t.id] for s, t in zip(seqs, batch.add_many(seqs))}
+    assert [tuple(shape) for shape in forwards][:2] == [(2, len(seqs[0].prompt_ids)), (2, len(seqs[2].prompt_ids))]
+    while batch.seqs:
+        for seq, token in zip(list(batch.seqs), batch.step()):
+            ids[id(seq)].append(token.id)
+        for seq in [s for s in batch.seqs if s.done]:
+            batch.remove(seq)
+    assert [ids[id(s)] for s in seqs] == singles

@@ -36,7 +36,7 @@ class DialogueConfig:
     val_ratio: float = 0.05  # the held-out share, as in `parley data prepare`
     limit: int = 0  # at most this many conversations (0 = all)
     max_new_tokens: int = 128  # reply length limit
-    batch: int = 16  # replies decoded together (local models; as parley.eval.completions)
+    batch: int = 64  # replies decoded together (local models; as parley.eval.completions)
     examples: int = 5  # side-by-side examples kept in the results
 
     def __post_init__(self) -> None:

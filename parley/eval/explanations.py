@@ -44,7 +44,7 @@ class ExplanationsConfig:
     limit: int = 0  # at most this many requests, over all sources in order (0 = all)
     min_words: int = 5  # words of text after the last code block that count as an explanation
     max_new_tokens: int = 256  # answer length limit: an answer cut inside its code has no explanation
-    batch: int = 16  # answers decoded together (local models; as parley.eval.completions)
+    batch: int = 64  # answers decoded together (local models; as parley.eval.completions)
     examples: int = 5  # side-by-side examples kept in the results
 
     def __post_init__(self) -> None:
