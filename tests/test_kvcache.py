@@ -14,6 +14,17 @@ TURN1 = [{"role": "user", "content": "Name three prime numbers."}]
 GREEDY = SamplingParams(temperature=0, max_new_tokens=12, top_logprobs=2)
 
 
+def decoded(batch: Batch, seqs: list) -> list[list[int]]:
+    """Add `seqs` to `batch` together and decode them all to the end: each one's token ids, in order."""
+    ids = {id(s): [t.id] for s, t in zip(seqs, batch.add_many(seqs))}
+    while batch.seqs:
+        for seq, token in zip(list(batch.seqs), batch.step()):
+            ids[id(seq)].append(token.id)
+        for seq in [s for s in batch.seqs if s.done]:
+            batch.remove(seq)
+    return [ids[id(s)] for s in seqs]
+
+
 @pytest.fixture(params=["llama", "gpt2"])
 def loaded(request, llama_loaded, gpt2_loaded):
     return llama_loaded if request.param == "llama" else gpt2_loaded
@@ -60,13 +71,7 @@ def test_newcomers_prefilled_together_in_small_chunks_match_one_at_a_time(loaded
     monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 5)  # several chunks, rows ending in different ones
     batch = Batch(engine)
     seqs = [engine.start(p, GREEDY) for p in prompts]
-    ids = {id(s): [t.id] for s, t in zip(seqs, batch.add_many(seqs))}
-    while batch.seqs:
-        for seq, token in zip(list(batch.seqs), batch.step()):
-            ids[id(seq)].append(token.id)
-        for seq in [s for s in batch.seqs if s.done]:
-            batch.remove(seq)
-    assert [ids[id(s)] for s in seqs] == singles
+    assert decoded(batch, seqs) == singles
 
 
 def test_rows_grow_past_the_first_capacity(loaded, monkeypatch):
@@ -123,11 +128,6 @@ def test_joining_sequences_are_prefilled_in_groups_of_similar_length(loaded, mon
                         or real(self, first, ids, positions))
     batch = Batch(engine)
     seqs = [engine.start(p, GREEDY) for p in prompts]
-    ids = {id(s): [t.id] for s, t in zip(seqs, batch.add_many(seqs))}
-    assert [tuple(shape) for shape in forwards][:2] == [(2, len(seqs[0].prompt_ids)), (2, len(seqs[2].prompt_ids))]
-    while batch.seqs:
-        for seq, token in zip(list(batch.seqs), batch.step()):
-            ids[id(seq)].append(token.id)
-        for seq in [s for s in batch.seqs if s.done]:
-            batch.remove(seq)
-    assert [ids[id(s)] for s in seqs] == singles
+    assert decoded(batch, seqs) == singles
+    # The prefill: the two long prompts together, then the two short ones.
+    assert [tuple(shape) for shape in forwards[:2]] == [(2, len(seqs[0].prompt_ids)), (2, len(seqs[2].prompt_ids))]
