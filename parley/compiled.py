@@ -23,8 +23,8 @@ at a width other than the traced one.
 
 Where it does not pay, steps run eagerly: batches of several rows (several clients, evaluation) and
 contexts wider than MAX_WIDTH. When a batch is down to one row, that row moves to a cache of its own
-(`Batch.remove`) and decodes compiled: the tail of an evaluation, the last client streaming. Inductor's fused attention (matmul-softmax-matmul) grows with the
-width faster than eager's SDPA kernel: measured on the embedded model, one row at 300/600/1,000
+(`Batch.remove`) and decodes compiled: the tail of an evaluation, the last client streaming.
+Inductor's fused attention (matmul-softmax-matmul) grows with the width faster than eager's SDPA kernel: measured on the embedded model, one row at 300/600/1,000
 columns 14.1/16.6/23.5 ms a step compiled against 23.9/24.0/27.6 eager, but eight rows at 600
 columns 85.5 against 64.3, and a compiled batch graph made HumanEval slower (367 s against 277).
 SDPA's own kernel inside the graph was slower still (121 ms at 8 x 600).
