@@ -415,7 +415,9 @@ def test_feedback_commands_land_in_the_store(tiny_dir):
     assert "marked bad: too vague" in say(child, "/bad too vague")
     child.sendline("/edit")
     child.expect("edit> ")
-    child.send("\x15")  # Ctrl-U clears the line the editor opened on the reply
+    # Ctrl-U clears to the start of a line and Backspace joins it to the one above: repeated, they
+    # clear a sampled reply of any shape (it may hold newlines)
+    child.send("\x15\x7f" * 32)
     child.sendline("Blue, like the sky.")
     child.expect(PROMPT)
     assert "kept as the better answer" in ANSI.sub("", child.before)
