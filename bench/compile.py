@@ -7,10 +7,11 @@ own RowCache, batch 1, fp32 or bf16 (--dtype).
 Prints JSON: eager and compiled decode tokens/s, the ratio, the compile time, and whether the greedy
 tokens are identical. Why this exists: a profile of the eager decode step (bench/generate.py's
 setting) puts ~80% of its time in aten::mm, whose M=1 GEMV runs at ~12 GB/s of weights while the
-machine streams ~50 GB/s; inductor's C++ micro-GEMM for frozen weights reaches that. It is not in
-the engine yet: the compile takes ~2 minutes on 2 cores, is not reused from inductor's disk cache
-when weights are frozen, and is specialized to one batch size and one cache capacity (the attention
-then spans the whole capacity). See the README's Speed section for the figures.
+machine streams ~50 GB/s; inductor's C++ micro-GEMM for frozen weights reaches that. The engine
+compiles differently (parley/compiled.py: int8 weights as inputs, not frozen, so the graph is built
+on a weightless skeleton in a child process and saved): frozen weights cannot be saved, the compile
+takes ~2 minutes on 2 cores, and this graph is specialized to one batch size and one cache capacity
+(the attention then spans the whole capacity). See the README's Speed section for the figures.
 """
 
 from __future__ import annotations
