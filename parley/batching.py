@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Protocol
 from parley.errors import ParleyError
 
 if TYPE_CHECKING:  # types only: engine.py imports this module, not the other way round
-    from parley.engine import Batch, LocalEngine, Prompt, SamplingParams, Sequence, Token
+    from parley.batch import Batch
+    from parley.engine import LocalEngine, Prompt, SamplingParams, Sequence, Token
 
 log = logging.getLogger("parley.batching")
 

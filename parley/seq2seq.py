@@ -3,7 +3,7 @@
     engine = backend.open("runs/t5/final")        # LocalEngine.new_batch() picks Seq2SeqBatch by itself
     engine.generate([{"role": "user", "content": "Hi"}], SamplingParams(temperature=0))   # -> str
 
-`Seq2SeqBatch` has `engine.Batch`'s interface (`add`, `add_many`, `step`, `remove`, `seqs`, `len`), so
+`Seq2SeqBatch` has `batch.Batch`'s interface (`add`, `add_many`, `step`, `remove`, `seqs`, `len`), so
 `LocalEngine.stream`, the batching driver and evaluation drive it unchanged. Each token is chosen by
 `Sequence.pick`, so sampling, seeds, stop strings and logprobs mean exactly what they mean for
 decoder-only models.

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from parley.engine import Batch, LocalEngine, SamplingParams
+from parley.batch import Batch
+from parley.engine import LocalEngine, SamplingParams
 from parley.errors import ConfigError, ContextError
 
 CHAT = [{"role": "user", "content": "Write a haiku about tensors."}]

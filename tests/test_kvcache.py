@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parley import engine as engine_module
-from parley.engine import Batch, LocalEngine, SamplingParams
+from parley import batch as batch_module
+from parley.batch import Batch
+from parley.engine import LocalEngine, SamplingParams
 from parley.kvcache import PrefixStore
 
 TURN1 = [{"role": "user", "content": "Name three prime numbers."}]
@@ -68,7 +69,7 @@ def test_newcomers_prefilled_together_in_small_chunks_match_one_at_a_time(loaded
                "Tell me a story about", "x"]
     engine = LocalEngine(loaded, prefix_cache_mb=0)
     singles = [[t.id for t in engine.stream(p, GREEDY)] for p in prompts]
-    monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 5)  # several chunks, rows ending in different ones
+    monkeypatch.setattr(batch_module, "PREFILL_CHUNK", 5)  # several chunks, rows ending in different ones
     batch = Batch(engine)
     seqs = [engine.start(p, GREEDY) for p in prompts]
     assert decoded(batch, seqs) == singles
@@ -117,8 +118,8 @@ def test_store_keeps_to_its_budget_and_drops_what_a_longer_entry_covers():
 def test_joining_sequences_are_prefilled_in_groups_of_similar_length(loaded, monkeypatch):
     """Padding each newcomer to the longest one would mostly compute padding: similar lengths go
     together, and every sequence still gets the tokens it gets alone, in the order it was given."""
-    assert engine_module._groups([10, 200, 190, 5, 400, 180, 1]) == [[4], [1, 2, 5], [0, 3, 6]]
-    assert engine_module._groups([]) == [] and engine_module._groups([7, 7]) == [[0, 1]]
+    assert batch_module._groups([10, 200, 190, 5, 400, 180, 1]) == [[4], [1, 2, 5], [0, 3, 6]]
+    assert batch_module._groups([]) == [] and batch_module._groups([7, 7]) == [[0, 1]]
     prompts = ["x " * 100, "Hi", "Tell me a story about", "y " * 90]
     engine = LocalEngine(loaded, prefix_cache_mb=0)
     singles = [[t.id for t in engine.stream(p, GREEDY)] for p in prompts]

@@ -9,7 +9,8 @@ from train.train_task import build_tokenizer
 
 from parley.data.records import Record
 from parley.data.tokenize import Encoder
-from parley.engine import Batch, LocalEngine, SamplingParams
+from parley.batch import Batch
+from parley.engine import LocalEngine, SamplingParams
 from parley.errors import ContextError
 from parley.models import assemble
 from parley.seq2seq import Seq2SeqBatch
