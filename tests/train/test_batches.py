@@ -104,12 +104,12 @@ def test_half_written_and_half_deleted_checkpoints_are_ignored_then_cleaned(acc,
 
 @pytest.mark.parametrize("arch, attn", [("llama", "sdpa"), ("gpt2", "eager")])
 def test_packed_rows_keep_attention_within_each_record(tokenizer, arch, attn):
-    """Training passes packed rows' position ids without a mask (loop.causal_inputs): a record's logits in a
+    """Training passes packed rows' position ids without a mask (steps.causal_inputs): a record's logits in a
     packed, right-padded row are the logits it gets alone, so no record attends to another."""
     import sys
     from pathlib import Path
 
-    from parley.train.loop import causal_inputs
+    from parley.train.steps import causal_inputs
 
     sys.path.insert(0, str(Path(__file__).parents[1]))
     import tiny_models

@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 from parley.train import checkpoint
 from parley.train.batches import Plan
 from parley.train.config import load_config
-from parley.train.loop import TrainingDiverged, resume, start
+from parley.train.loop import resume, start
+from parley.train.steps import TrainingDiverged
 
 from .train_task import REPO, run_cli, save_model, tiny_llama, train_pairs, write_task
 
