@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from parley.errors import CacheError, ParleyError
-from parley.store import MIGRATIONS, AmbiguousConversation, ConversationChanged, ConversationNotFound, Store
+from parley.store import AmbiguousConversation, ConversationChanged, ConversationNotFound, Store
+from parley.store_schema import MIGRATIONS
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import sqlite3
 
 import pytest
 
-from parley.store import MIGRATIONS, ConversationNotFound, MessageNotFound, Store
+from parley.store import ConversationNotFound, MessageNotFound, Store
+from parley.store_schema import MIGRATIONS
 
 # The schema as Parley 425c8e5 (the release before feedback) wrote it, copied verbatim: a database
 # from that release must open, migrate and keep every row.
