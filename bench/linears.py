@@ -7,7 +7,10 @@ layer (the embedded model has 211, output head included), with random bf16 activ
 
 - `bf16`: `F.linear` on the bf16 weights (the baseline: what a bf16 model runs);
 - `int8`: `torch._weight_int8pack_mm`, the int8 GEMV of quant.py;
-- `packed`: `torch.ops.mkldnn._linear_pointwise` on the bf16 weights in oneDNN's packed layout.
+- `packed`: `torch.ops.mkldnn._linear_pointwise` on the bf16 weights in oneDNN's packed layout;
+- `w8a8`: oneDNN's int8 x int8 kernel (`torch.ops.onednn.qlinear_pointwise`, VNNI where the CPU has
+  it) on the same int8 weights, prepacked, with activations quantized to uint8 beforehand (not timed):
+  the floor of quantizing activations too, a lossy route Parley does not take (README, Speed).
 
 Each pass reads every weight once, as a decode step does, so caches hold little between layers.
 Prints JSON: ms per pass (median of --repeats), and per kernel its ratio over `bf16` (below 1 is faster).
@@ -45,11 +48,18 @@ def main() -> None:
     with torch.inference_mode():
         for rows in [int(r) for r in args.rows.split(",")]:
             inputs = {width: torch.randn(rows, width, dtype=torch.bfloat16) for width in {w.shape[1] for w in weights}}
+            scale = float(max(x.abs().max() for x in inputs.values())) / 127
+            quantized = {w: (x.float() / scale).round().clamp(-127, 127).add(128).to(torch.uint8) for w, x in inputs.items()}
+            prepacked = [torch.ops.onednn.qlinear_prepack(m.qweight, [rows, m.in_features]) for m in layers]
+            zero = {m.out_features: torch.zeros(m.out_features, dtype=torch.int64) for m in layers}
             kernels = {
                 "bf16": lambda: [torch.nn.functional.linear(inputs[w.shape[1]], w) for w in weights],
                 "int8": lambda: [torch._weight_int8pack_mm(inputs[m.in_features], m.qweight, m.scale) for m in layers],
                 "packed": lambda: [torch.ops.mkldnn._linear_pointwise(inputs[m.in_features], m.packed.tensor, None,
                                                                       "none", [], "") for m in layers],
+                "w8a8": lambda: [torch.ops.onednn.qlinear_pointwise(quantized[m.in_features], scale, 128, w, m.scale.float(),
+                                                                    zero[m.out_features], None, 1.0, 0, torch.bfloat16,
+                                                                    "none", [], "") for m, w in zip(layers, prepacked)],
             }
             ms = {name: _median_ms(run, args.repeats) for name, run in kernels.items()}
             results[str(rows)] = {"ms": ms, "over_bf16": {k: round(v / ms["bf16"], 2) for k, v in ms.items()}}
