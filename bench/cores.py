@@ -26,6 +26,7 @@ import json
 import multiprocessing
 import os
 import statistics
+import threading
 import time
 
 PROMPT = "Write a Python function number {i} that sorts a list of integers and explain it in detail. " * 3
@@ -64,7 +65,10 @@ def _run(engines: list[tuple[int, int, bool]], steps: int) -> float:
                for rows, threads, compiled in engines]
     for worker in workers:
         worker.start()
-    ready.wait()  # every engine has prefilled its rows and warmed up
+    try:
+        ready.wait()  # every engine has prefilled its rows and warmed up
+    except threading.BrokenBarrierError:
+        raise SystemExit("an engine process failed before decoding: see its traceback above") from None
     start = time.perf_counter()
     tokens = sum(results.get() for _ in workers)
     elapsed = time.perf_counter() - start
@@ -74,6 +78,14 @@ def _run(engines: list[tuple[int, int, bool]], steps: int) -> float:
 
 
 def _engine(rows: int, threads: int, compiled: bool, steps: int, ready, results) -> None:
+    try:
+        _decode(rows, threads, compiled, steps, ready, results)
+    except BaseException:
+        ready.abort()  # the parent's wait raises instead of waiting for this process forever
+        raise
+
+
+def _decode(rows: int, threads: int, compiled: bool, steps: int, ready, results) -> None:
     import torch
 
     torch.set_num_threads(threads)
