@@ -238,7 +238,7 @@ def test_page_keeps_composer_code_and_reading_place_at_any_size(browser, web, vi
 
     # Scrolled up while a reply streams: the page stays where the reader is. The page itself scrolls up
     # as soon as the streaming reply shows a few characters: polling from here could miss the whole
-    # stream of the tiny model on a busy machine (CI once waited 30 s for a reply already finished).
+    # stream of the tiny model on a busy machine (CI once timed out here after 30 s, most likely so).
     page.evaluate("""() => {
         const list = document.querySelector('#messages');
         const watch = new MutationObserver(() => {
